@@ -1,0 +1,110 @@
+"""Reading tile shards back as Ray datasets of decoded arrays."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from pydantic import BaseModel, ConfigDict
+
+from cancerseg_ray.data.schema import Column, Split
+from cancerseg_ray.data.shards import DATASET_FILE, STATS_FILE, list_shard_files, read_json
+from cancerseg_ray.errors import InputDataError
+from cancerseg_ray.io.images import decode_png
+
+IMAGE_KEY = "image"
+MASK_KEY = "mask"
+TILE_KEY = "tile_key"
+"""Batch keys of decoded tiles: uint8 (N, H, W, 3) images, uint8 (N, H, W) masks, int64 tile keys."""
+
+
+class DatasetInfo(BaseModel):
+    """What a training or evaluation job needs to know about a shard folder."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    root: Path
+    dataset_name: str
+    class_names: list[str]
+    colours: list[str]
+    ignore_index: int
+    tile_size: int
+    mpp: float | None
+    loss_weights: list[float]
+    frequencies: list[float]
+    majority_class: int
+    tiles_per_split: dict[str, int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_map(self) -> dict[str, Any]:
+        return {"class_names": self.class_names, "colours": self.colours, "ignore_index": self.ignore_index}
+
+
+def load_dataset_info(root: str | Path) -> DatasetInfo:
+    """Read ``dataset.json`` and ``class_stats.json`` of a shard folder."""
+    root = Path(root)
+    dataset = read_json(root / DATASET_FILE)
+    stats = read_json(root / STATS_FILE)
+    class_map = dataset["class_map"]
+    return DatasetInfo(
+        root=root.resolve(),
+        dataset_name=dataset["dataset_name"],
+        class_names=class_map["class_names"],
+        colours=class_map["colours"],
+        ignore_index=class_map["ignore_index"],
+        tile_size=dataset["tile_size"],
+        mpp=dataset.get("mpp"),
+        loss_weights=stats["loss_weights"],
+        frequencies=stats["frequencies"],
+        majority_class=stats["majority_class"],
+        tiles_per_split={split: entry["tiles"] for split, entry in stats["splits"].items()},
+    )
+
+
+def tile_keys(image_ids: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Compute a stable integer key per tile from (image id, x, y).
+
+    The key decides which training worker validates a tile, so that every
+    tile is counted exactly once across workers.
+    """
+    return np.asarray(
+        [zlib.crc32(f"{image_id}:{x}:{y}".encode()) for image_id, x, y in zip(image_ids, xs, ys, strict=True)],
+        dtype=np.int64,
+    )
+
+
+def decode_tile_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Decode a batch of shard rows into image, mask and tile-key arrays (a Ray Data batch UDF)."""
+    images = np.stack([decode_png(data, channels=3) for data in batch[Column.IMAGE_PNG]])
+    masks = np.stack([decode_png(data, channels=1) for data in batch[Column.MASK_PNG]])
+    return {
+        IMAGE_KEY: images,
+        MASK_KEY: masks,
+        TILE_KEY: tile_keys(batch[Column.IMAGE_ID], batch[Column.X], batch[Column.Y]),
+    }
+
+
+def read_split(root: str | Path, split: Split | str, *, columns: list[str] | None = None) -> ray.data.Dataset:
+    """Read one split's shards as a Ray dataset of raw rows.
+
+    Raises:
+        InputDataError: If the split has no shard files.
+    """
+    files = list_shard_files(Path(root), [split])
+    if not files:
+        raise InputDataError(
+            f"{root} has no {split} shards; check the split fractions of the ingest config and re-run it"
+        )
+    return ray.data.read_parquet([str(f) for f in files], columns=columns)
+
+
+def read_decoded_split(root: str | Path, split: Split | str) -> ray.data.Dataset:
+    """Read one split's shards and decode the PNG tiles in Ray Data tasks."""
+    columns = [Column.IMAGE_ID.value, Column.X.value, Column.Y.value, Column.IMAGE_PNG.value, Column.MASK_PNG.value]
+    return read_split(root, split, columns=columns).map_batches(decode_tile_batch, batch_format="numpy")

@@ -1,0 +1,153 @@
+"""Writing tile shards atomically and reading them back with schema checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cancerseg_ray.data.schema import Column, Split, check_schema, tile_schema
+from cancerseg_ray.errors import InputDataError, SchemaError
+
+DATASET_FILE = "dataset.json"
+MANIFEST_FILE = "manifest.json"
+ERRORS_FILE = "errors.json"
+SPLITS_FILE = "splits.json"
+STATS_FILE = "class_stats.json"
+
+ROWS_PER_ROW_GROUP = 256
+"""Tiles per Parquet row group: about 30 MB of PNG data, small enough to stream."""
+
+
+def shard_path(root: Path, split: Split | str, image_id: str) -> Path:
+    """Return where the shard of one image lives under the shard root."""
+    return Path(root) / str(split) / f"{image_id}.parquet"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class ShardWriter:
+    """Stream tile rows into a Parquet file that appears only when complete.
+
+    Rows go to a temporary file in the target folder; ``close`` renames it
+    into place, so a crash leaves no half-written shard under the final name.
+    """
+
+    path: Path
+    class_names: Sequence[str]
+    _rows: list[dict[str, Any]] = field(default_factory=list)
+    _writer: pq.ParquetWriter | None = None
+    _temporary: Path | None = None
+    rows_written: int = 0
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._schema = tile_schema(list(self.class_names))
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= ROWS_PER_ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        if self._writer is None:
+            handle, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".parquet.tmp", dir=self.path.parent)
+            os.close(handle)
+            self._temporary = Path(name)
+            self._writer = pq.ParquetWriter(self._temporary, self._schema, compression="zstd")
+        table = pa.Table.from_pylist(self._rows, schema=self._schema)
+        self._writer.write_table(table)
+        self.rows_written += len(self._rows)
+        self._rows = []
+
+    def close(self) -> str | None:
+        """Finish the file and move it into place.
+
+        Returns:
+            The SHA-256 of the written file, or None when no rows were added
+            (then no file is written).
+        """
+        self._flush()
+        if self._writer is None:
+            return None
+        self._writer.close()
+        os.replace(self._temporary, self.path)
+        return file_sha256(self.path)
+
+    def abort(self) -> None:
+        """Drop the temporary file; an existing shard under the final name stays untouched."""
+        if self._writer is not None:
+            self._writer.close()
+        if self._temporary is not None:
+            self._temporary.unlink(missing_ok=True)
+        self._rows = []
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as error:
+        raise InputDataError(f"{path} not found; run jobs/make_shards.py to create the shards first") from error
+    except json.JSONDecodeError as error:
+        raise InputDataError(f"{path} is not valid JSON ({error}); re-create the shards") from error
+
+
+def list_shard_files(root: Path, splits: Iterable[Split | str]) -> list[Path]:
+    """List the shard files of the given splits, checking each file's schema."""
+    root = Path(root)
+    files: list[Path] = []
+    for split in splits:
+        files.extend(sorted((root / str(split)).glob("*.parquet")))
+    for path in files:
+        try:
+            check_schema(pq.read_schema(path), source=str(path))
+        except (pa.ArrowInvalid, OSError) as error:
+            raise SchemaError(f"{path} is not a readable Parquet file ({error}); re-create the shards") from error
+    return files
+
+
+def class_counts_by_split(root: Path, num_classes: int) -> dict[str, dict[str, Any]]:
+    """Sum class pixel counts and tile counts per split from the shards' count columns."""
+    totals: dict[str, dict[str, Any]] = {}
+    for split in Split:
+        counts = np.zeros(num_classes, dtype=np.int64)
+        ignored = 0
+        tiles = 0
+        images: set[str] = set()
+        for path in list_shard_files(root, [split]):
+            table = pq.read_table(path, columns=[Column.IMAGE_ID, Column.CLASS_PIXEL_COUNTS, Column.IGNORE_PIXEL_COUNT])
+            if table.num_rows == 0:
+                continue
+            matrix = np.asarray(table.column(Column.CLASS_PIXEL_COUNTS).to_pylist(), dtype=np.int64)
+            if matrix.shape[1] != num_classes:
+                raise SchemaError(f"{path}: {matrix.shape[1]} class counts per tile, the dataset has {num_classes} classes")
+            counts += matrix.sum(axis=0)
+            ignored += int(np.asarray(table.column(Column.IGNORE_PIXEL_COUNT)).sum())
+            tiles += table.num_rows
+            images.update(table.column(Column.IMAGE_ID).to_pylist())
+        totals[str(split)] = {
+            "tiles": tiles,
+            "images": len(images),
+            "class_pixel_counts": counts.tolist(),
+            "ignore_pixel_count": ignored,
+        }
+    return totals

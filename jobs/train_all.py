@@ -1,0 +1,65 @@
+"""Train every requested model variant and seed on Ray Train.
+
+Locally this starts an embedded Ray; on a cluster submit it with
+``ray job submit -- python jobs/train_all.py --config ...``.
+
+Example:
+    python jobs/train_all.py --config configs/demo/train.yaml --shards outputs/demo/shards --output outputs/demo/runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+from cancerseg_ray.config import load_yaml_config
+from cancerseg_ray.errors import CancerSegError
+from cancerseg_ray.runtime import configure_logging, init_ray
+from cancerseg_ray.train.config import TrainGridConfig
+from cancerseg_ray.train.grid import run_training_grid
+
+logger = logging.getLogger("train_all")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, type=Path, help="training grid config YAML")
+    parser.add_argument("--shards", type=Path, help="shard folder written by make_shards.py")
+    parser.add_argument("--output", type=Path, help="folder for run records and checkpoints")
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL backend, mixed precision")
+    parser.add_argument("--num-workers", type=int, help="data-parallel workers per run")
+    parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or an embedded Ray")
+    parser.add_argument("--num-cpus", type=int, help="logical CPUs of an embedded Ray (default: this machine's)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+
+    configure_logging(args.log_level)
+    try:
+        config = load_yaml_config(args.config, TrainGridConfig, shards_dir=args.shards, output_dir=args.output)
+        if args.use_gpu or args.num_workers:
+            scaling = config.scaling.model_copy(update={
+                key: value for key, value in (("use_gpu", args.use_gpu or None), ("num_workers", args.num_workers))
+                if value is not None
+            })
+            config = config.model_copy(update={"scaling": scaling})
+        num_cpus = args.num_cpus
+        if num_cpus is None and not (args.address or os.environ.get("RAY_ADDRESS")):
+            # Ray Data's read and decode tasks need CPUs beside the training workers'.
+            needed = math.ceil(config.scaling.num_workers * config.scaling.cpus_per_worker) + 2
+            num_cpus = max(os.cpu_count() or 1, needed)
+        init_ray(args.address, num_cpus=num_cpus)
+        records = run_training_grid(config)
+    except CancerSegError as error:
+        logger.error("%s", error)
+        return 2
+    for record in records:
+        logger.info("%s: best checkpoint %s", record.run_name, record.best_checkpoint)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
