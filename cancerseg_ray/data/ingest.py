@@ -223,24 +223,43 @@ def _is_finished(entry: dict[str, Any] | None, split: str) -> bool:
 
 
 def _resolve_splits(config: FolderIngestConfig, root: Path, image_ids: list[str]) -> dict[str, Split]:
+    """Draw the split, or reuse the saved one; images new since then are split among themselves.
+
+    Earlier images keep their split, so adding images never moves a trained-on
+    image into a test set.
+    """
     source = config.splits.split_file or (root / SPLITS_FILE if (root / SPLITS_FILE).is_file() else None)
     if source is None:
         assignment = assign_splits(image_ids, fractions=config.splits.fractions, seed=config.splits.seed)
         logger.info("drew a new split of %d images with seed %d", len(image_ids), config.splits.seed)
     else:
         assignment = load_splits(Path(source))
-        unknown = sorted(set(image_ids) - set(assignment))
-        if unknown:
+        new = sorted(set(image_ids) - set(assignment))
+        if new and config.splits.split_file is not None:
             raise ConfigError(
-                f"images {unknown} are not in the split file {source}; delete it to draw a new split "
-                "or add the images to it"
+                f"images {new} are not in the split file {source}; add them to it or remove split_file "
+                "from the config to split them automatically"
             )
-        logger.info("reusing the split in %s", source)
+        if new:
+            assignment.update(assign_splits(new, fractions=config.splits.fractions, seed=config.splits.seed))
+            logger.warning("reusing the split in %s; %d new images were split among themselves", source, len(new))
+        else:
+            logger.info("reusing the split in %s", source)
     save_splits(
         root / SPLITS_FILE, assignment=assignment, image_to_group={i: i for i in image_ids},
         seed=config.splits.seed, fractions=config.splits.fractions, group_by="image",
     )
     return assignment
+
+
+def _remove_stale_shards(root: Path, written: list[dict[str, Any]]) -> None:
+    """Delete shards of re-tiled images that sit in another split's folder, so no image is in two splits."""
+    for entry in written:
+        for split in Split:
+            stale = shard_path(root, split, entry["image_id"])
+            if str(split) != entry["split"] and stale.is_file():
+                logger.warning("removing %s: image %s now belongs to the %s split", stale, entry["image_id"], entry["split"])
+                stale.unlink()
 
 
 def run_folder_ingest(config: FolderIngestConfig) -> IngestResult:
@@ -298,6 +317,7 @@ def run_folder_ingest(config: FolderIngestConfig) -> IngestResult:
         summaries = dataset.map(tile_image_to_shard, fn_kwargs={"settings": settings}).take_all()
 
     written = [s for s in summaries if s["status"] == "written"]
+    _remove_stale_shards(root, written)
     failed += [s for s in summaries if s["status"] != "written"]
     for entry in failed:
         logger.error("image %s failed: %s", entry["image_id"], entry["error"])

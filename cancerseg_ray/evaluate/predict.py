@@ -98,7 +98,9 @@ class ConfusionPredictor:
         """Return uint8 (N, H, W) class predictions for uint8 (N, H, W, 3) tiles."""
         if self.model is None:
             return np.full(images.shape[:3], self.constant_class, dtype=np.uint8)
-        logits = self.model(to_model_input(torch.from_numpy(images).to(self.device)))
+        inputs = to_model_input(torch.from_numpy(images).to(self.device),
+                                mean=self.model.input_mean, std=self.model.input_std)
+        logits = self.model(inputs)
         return logits.argmax(1).to(torch.uint8).cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ only tensors and plain Python containers, so it loads with
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(f"{path} is not a readable checkpoint of this package: {error}") from error
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} is not a checkpoint of this package (top level is {type(payload).__name__})")
@@ -67,7 +68,7 @@ def load_model(path: str | Path, *, map_location: str | torch.device = "cpu") ->
 
     payload = load_checkpoint(path, map_location=map_location)
     config = ModelConfig.model_validate({**payload["model_config"], "pretrained_path": None})
-    model = build_model(config)
+    model = build_model(config, restoring=True)
     try:
         model.load_state_dict(payload["model_state"])
     except RuntimeError as error:

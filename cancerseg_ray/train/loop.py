@@ -137,6 +137,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             logger.info("%s: resuming after epoch %d", cfg.run_name, payload["epoch"])
 
+    normalisation = {"mean": model.input_mean, "std": model.input_std}
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.learning_rate, weight_decay=cfg.optimizer.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -168,7 +169,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             data_wait += time.perf_counter() - waiting_since
             if cfg.max_train_batches is not None and step >= cfg.max_train_batches:
                 break
-            inputs = to_model_input(batch[IMAGE_KEY])
+            inputs = to_model_input(batch[IMAGE_KEY], **normalisation)
             target = batch[MASK_KEY].long()
             with autocast():
                 logits = model(inputs)
@@ -195,7 +196,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 mine = (batch[TILE_KEY] % world_size) == rank
                 if not bool(mine.any()):
                     continue
-                inputs = to_model_input(batch[IMAGE_KEY][mine])
+                inputs = to_model_input(batch[IMAGE_KEY][mine], **normalisation)
                 target = batch[MASK_KEY][mine].long()
                 with autocast():
                     logits = model(inputs)

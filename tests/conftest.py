@@ -1,0 +1,53 @@
+"""Fixtures shared by the whole suite: a local Ray cluster and copies of the bundled GlaS data."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GLAS_DIR = REPO_ROOT / "examples" / "data" / "glas"
+GLAS_LABEL_MAP = REPO_ROOT / "configs" / "labels" / "glas.yaml"
+
+
+@pytest.fixture(autouse=True)
+def restore_rng_state():
+    """Restore Python, NumPy and torch RNG state after each test, so tests cannot leak seeds."""
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
+
+
+@pytest.fixture(scope="session")
+def ray_start_4_cpus():
+    """Start a local Ray cluster with 4 logical CPUs for the session.
+
+    Ray Train's two workers take 2 CPUs; Ray Data's read and decode tasks need the others.
+    """
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def copy_glas(destination: Path, names: list[str]) -> tuple[Path, Path]:
+    """Copy the named GlaS image/mask pairs into ``destination``; return (images, masks) folders."""
+    images, masks = destination / "images", destination / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    for name in names:
+        shutil.copy(GLAS_DIR / "images" / f"{name}.png", images)
+        shutil.copy(GLAS_DIR / "masks" / f"{name}.png", masks)
+    return images, masks
+
+
+GLAS_SUBSET = ["train_1", "train_24", "train_31", "train_46", "testA_1", "testA_17"]
+"""Six of the bundled pairs: enough for a three-way split, small enough for fast tests."""
