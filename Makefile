@@ -21,6 +21,7 @@ demo: install
 	$(BIN)/python jobs/make_shards.py --config configs/demo/ingest.yaml --output $(DEMO_OUT)/shards
 	$(BIN)/python jobs/train_all.py --config configs/demo/train.yaml --shards $(DEMO_OUT)/shards --output $(DEMO_OUT)/runs
 	$(BIN)/python jobs/evaluate.py --config configs/demo/evaluate.yaml --shards $(DEMO_OUT)/shards --runs $(DEMO_OUT)/runs --output $(DEMO_OUT)/report
+	@echo "Demo report: $(DEMO_OUT)/report/report.md"
 
 test: install
 	$(BIN)/python -m pytest

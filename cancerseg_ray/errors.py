@@ -27,3 +27,7 @@ class SchemaError(CancerSegError, ValueError):
 
 class CheckpointError(CancerSegError, ValueError):
     """A checkpoint is missing, unreadable or does not match the data it is used with."""
+
+
+class TrainingFailedError(CancerSegError, RuntimeError):
+    """A training run failed and exhausted its allowed restarts."""

@@ -1,6 +1,6 @@
 """The checkpoint contract: one file that a later job can load with nothing else.
 
-``checkpoint.pt`` holds the model weights, optimiser and scheduler state, the
+``checkpoint.pt`` contains the model weights, optimiser and scheduler state, the
 epoch, the model config, the class map and the metric history. It contains
 only tensors and plain Python containers, so it loads with
 ``torch.load(weights_only=True)`` and never unpickles code.

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cancerseg_ray.data.augment import AugmentationSettings
+
 
 class ScalingSettings(BaseModel):
     """Workers and resources of one training run."""
@@ -31,6 +33,16 @@ class OptimizerSettings(BaseModel):
     min_learning_rate: float = Field(default=1e-7, ge=0)
 
 
+class MlflowSettings(BaseModel):
+    """Optional MLflow tracking through Ray's MLflow logger callback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    tracking_uri: str | None = Field(default=None, description="MLflow tracking URI, e.g. file:///mnt/mlruns.")
+    experiment_name: str = "cancerseg-xa"
+
+
 class TrainRunConfig(BaseModel):
     """Everything one training run needs; passed to every Ray Train worker as a plain dict."""
 
@@ -51,6 +63,7 @@ class TrainRunConfig(BaseModel):
     pretrained_path: str | None = None
     mixed_precision: bool = False
     max_train_batches: int | None = Field(default=None, ge=1, description="Cap on steps per epoch, for smoke tests.")
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
 
     @property
     def num_classes(self) -> int:
@@ -92,6 +105,12 @@ class TrainGridConfig(BaseModel):
         description="Local backbone weight files by backbone family ('resnet50', 'xception'); nothing is downloaded.",
     )
     max_failures: int = Field(default=2, ge=0, description="Worker failures a run survives by restarting from its last checkpoint.")
+    max_concurrent_runs: int = Field(
+        default=1, ge=1,
+        description="Runs trained at once; each needs its own workers, so raise it only when the cluster has room.",
+    )
+    augmentation: AugmentationSettings = Field(default_factory=AugmentationSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     max_train_batches: int | None = Field(default=None, ge=1)
     cache_max_tiles: int = Field(
         default=2048, ge=0,

@@ -21,7 +21,9 @@ from cancerseg_ray.models import ModelConfig, build_model, count_parameters, lis
 from cancerseg_ray.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from cancerseg_ray.train.config import SchedulePreset, TrainGridConfig, TrainRunConfig
 from cancerseg_ray.train.loop import train_loop_per_worker
-from cancerseg_ray.errors import ConfigError
+from cancerseg_ray.data.augment import augment_batch
+from cancerseg_ray.errors import ConfigError, TrainingFailedError
+from cancerseg_ray.train.records import check_mlflow_available, write_curves
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ _PUBLISHED_SCHEDULE: dict[str, tuple[float, dict[str, int], int]] = {
 
 @dataclass
 class RunRecord:
-    """Where a finished run's files are and how it scored."""
+    """Location and best metrics of a finished run."""
 
     run_name: str
     variant: str
@@ -86,6 +88,7 @@ def build_run_config(config: TrainGridConfig, info: DatasetInfo, variant: str, s
         pretrained_path=_pretrained_path(config, variant),
         mixed_precision=config.mixed_precision,
         max_train_batches=config.max_train_batches,
+        mlflow=config.mlflow,
     )
 
 
@@ -103,8 +106,9 @@ def _write_run_record(directory: Path, run: TrainRunConfig, result: Any, seconds
     frame = pd.DataFrame(history)
     frame.to_csv(directory / "history.csv", index=False)
     write_json_atomic(directory / "history.json", history)
+    write_curves(history, directory / "curves.png", title=run.run_name)
 
-    model = build_model(ModelConfig(variant=run.variant, num_classes=run.num_classes))
+    model = build_model(ModelConfig(variant=run.variant, num_classes=run.num_classes), restoring=True)
     trainable, non_trainable = count_parameters(model)
     record = {
         "run_name": run.run_name,
@@ -122,10 +126,39 @@ def _write_run_record(directory: Path, run: TrainRunConfig, result: Any, seconds
         "checkpoint_bytes": (directory / BEST_CHECKPOINT).stat().st_size,
         "pretrained_weights": run.pretrained_path or "none (random initialisation)",
         "train_seconds": round(seconds, 1),
+        "finished_at": time.time(),
+        "resumed_after_epochs": [e["resumed_after_epoch"] for e in history if "resumed_after_epoch" in e],
         "config": run.model_dump(mode="json"),
     }
     write_json_atomic(directory / RUN_FILE, record)
     return RunRecord(run.run_name, run.variant, run.seed, directory, directory / BEST_CHECKPOINT, best_metrics)
+
+
+def _make_trainer(config: TrainGridConfig, run: TrainRunConfig, datasets: dict[str, Any], output_dir: Path) -> TorchTrainer:
+    resources = {"CPU": config.scaling.cpus_per_worker}
+    if config.scaling.use_gpu:
+        resources["GPU"] = config.scaling.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=run.model_dump(mode="json"),
+        torch_config=TorchConfig(backend="nccl" if config.scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=config.scaling.num_workers, use_gpu=config.scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run.run_name,
+            storage_path=str(output_dir / "ray_results"),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max"
+            ),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def _fit(trainer: TorchTrainer) -> Any:
+    return trainer.fit()
 
 
 def run_training_grid(config: TrainGridConfig) -> list[RunRecord]:
@@ -133,14 +166,17 @@ def run_training_grid(config: TrainGridConfig) -> list[RunRecord]:
 
     Each run folder ``<output>/<variant>/seed<k>/`` receives ``best.pt`` (the
     checkpoint with the highest validation mIoU), ``history.csv``,
-    ``history.json`` and ``run.json``. Ray's own checkpoints stay under
-    ``<output>/ray_results``.
+    ``history.json``, ``curves.png`` and ``run.json``. Ray's own checkpoints,
+    best and latest, stay under ``<output>/ray_results``. Up to
+    ``max_concurrent_runs`` runs train at once; the cluster queues the rest.
     """
     if config.shards_dir is None:
         raise ConfigError("shards_dir is not set; pass --shards or set shards_dir in the config")
     unknown = sorted(set(config.variants) - set(list_models()))
     if unknown:
         raise ConfigError(f"unknown variants {unknown}; valid names are {list_models()}")
+    if config.mlflow.enabled:
+        check_mlflow_available()
     info = load_dataset_info(config.shards_dir)
     output_dir = Path(config.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -148,49 +184,75 @@ def run_training_grid(config: TrainGridConfig) -> list[RunRecord]:
 
     # Per-epoch log lines show training progress; Ray Data's bars from every worker would bury them.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = {}
+    base = {}
     for split in ("train", "val"):
         dataset = read_decoded_split(info.root, split)
         if info.tiles_per_split.get(split, 0) <= config.cache_max_tiles:
             dataset = dataset.materialize()
-            logger.info("decoded the %s split once and holds it in the object store (%d tiles)",
+            logger.info("decoded the %s split once and cached it in the object store (%d tiles)",
                         split, info.tiles_per_split[split])
-        datasets[split] = dataset
-    scaling = ScalingConfig(
-        num_workers=config.scaling.num_workers,
-        use_gpu=config.scaling.use_gpu,
-        resources_per_worker={"CPU": config.scaling.cpus_per_worker,
-                              **({"GPU": config.scaling.gpus_per_worker} if config.scaling.use_gpu else {})},
-    )
-    records = []
-    for variant in config.variants:
-        for seed in config.seeds:
-            run = build_run_config(config, info, variant, seed)
-            logger.info("training %s: %d epochs on %d workers (%s)", run.run_name, run.epochs,
-                        config.scaling.num_workers, "GPU" if config.scaling.use_gpu else "CPU")
-            trainer = TorchTrainer(
-                train_loop_per_worker,
-                train_loop_config=run.model_dump(mode="json"),
-                torch_config=TorchConfig(backend="nccl" if config.scaling.use_gpu else "gloo"),
-                scaling_config=scaling,
-                run_config=RunConfig(
-                    name=run.run_name,
-                    storage_path=str(output_dir / "ray_results"),
-                    checkpoint_config=CheckpointConfig(
-                        num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max"
-                    ),
-                    failure_config=FailureConfig(max_failures=config.max_failures),
-                ),
-                datasets=datasets,
-                dataset_config=DataConfig(datasets_to_split=["train"]),
-            )
-            started = time.perf_counter()
+        base[split] = dataset
+
+    runs = [build_run_config(config, info, variant, seed) for variant in config.variants for seed in config.seeds]
+    pending: dict[Any, tuple[TrainRunConfig, float]] = {}
+    records: dict[str, RunRecord] = {}
+    remote_fit = ray.remote(num_cpus=0)(_fit)
+    for run in runs:
+        train = base["train"]
+        if config.augmentation.enabled:
+            train = train.map_batches(augment_batch, fn_kwargs={"settings": config.augmentation, "seed": run.seed},
+                                      batch_format="numpy")
+        trainer = _make_trainer(config, run, {"train": train, "val": base["val"]}, output_dir)
+        logger.info("training %s: %d epochs on %d workers (%s)", run.run_name, run.epochs,
+                    config.scaling.num_workers, "GPU" if config.scaling.use_gpu else "CPU")
+        started = time.perf_counter()
+        if config.max_concurrent_runs == 1:
             result = trainer.fit()
-            record = _write_run_record(run_directory(output_dir, variant, seed), run, result, time.perf_counter() - started)
-            logger.info("%s finished: best val mIoU %.4f at epoch %d", run.run_name,
-                        record.best_metrics[SCORE_METRIC], record.best_metrics["epoch"] + 1)
-            records.append(record)
-    return records
+            records[run.run_name] = _finish_run(output_dir, run, result, time.perf_counter() - started)
+            continue
+        pending[remote_fit.remote(trainer)] = (run, started)
+        while len(pending) >= config.max_concurrent_runs:
+            _collect(pending, records, output_dir, block=True)
+    while pending:
+        _collect(pending, records, output_dir, block=True)
+    write_model_sizes(output_dir)
+    return [records[run.run_name] for run in runs]
+
+
+def write_model_sizes(output_dir: Path) -> pd.DataFrame:
+    """Write ``model_sizes.csv``: parameter counts and checkpoint size per variant, from the run records.
+
+    This is the project's counterpart of the study's model-size table; timm
+    backbones differ from the study's Keras models, so the figures differ too.
+    """
+    rows = {}
+    for record in load_run_records(output_dir):
+        rows[record["variant"]] = {
+            "variant": record["variant"],
+            "trainable_parameters": record["trainable_parameters"],
+            "non_trainable_parameters": record["non_trainable_parameters"],
+            "checkpoint_megabytes": round(record["checkpoint_bytes"] / 1e6, 2),
+        }
+    table = pd.DataFrame(sorted(rows.values(), key=lambda row: row["variant"]))
+    table.to_csv(output_dir / "model_sizes.csv", index=False)
+    return table
+
+
+def _collect(pending: dict[Any, tuple[TrainRunConfig, float]], records: dict[str, RunRecord], output_dir: Path,
+             *, block: bool) -> None:
+    done, _ = ray.wait(list(pending), num_returns=1, timeout=None if block else 0)
+    for reference in done:
+        run, started = pending.pop(reference)
+        records[run.run_name] = _finish_run(output_dir, run, ray.get(reference), time.perf_counter() - started)
+
+
+def _finish_run(output_dir: Path, run: TrainRunConfig, result: Any, seconds: float) -> RunRecord:
+    if result.error is not None:
+        raise TrainingFailedError(f"run {run.run_name} failed after its retries: {result.error}") from result.error
+    record = _write_run_record(run_directory(output_dir, run.variant, run.seed), run, result, seconds)
+    logger.info("%s finished: best val mIoU %.4f at epoch %d", run.run_name,
+                record.best_metrics[SCORE_METRIC], record.best_metrics["epoch"] + 1)
+    return record
 
 
 def load_run_records(runs_dir: str | Path) -> list[dict[str, Any]]:

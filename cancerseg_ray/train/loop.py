@@ -1,7 +1,7 @@
 """The per-worker training loop run by Ray Train's TorchTrainer.
 
-Each worker trains a DDP replica on its share of the training tiles and
-validates on the tiles whose key falls to its rank; loss sums and confusion
+Each worker trains a DDP replica on its share of the training tiles. It
+validates the tiles whose key falls to its rank. Loss sums and confusion
 matrices are all-reduced, so every worker computes the same exact metrics.
 Rank 0 writes a checkpoint after each epoch and reports it with the metrics.
 """
@@ -102,10 +102,24 @@ def _epoch_metrics(prefix: str, loss_sum: torch.Tensor, weight_sum: torch.Tensor
     _all_reduce(cm)
     metrics = compute_metrics(cm.cpu().numpy(), class_names)
     return {
+        f"{prefix}_pixels": int(cm.sum()),
         f"{prefix}_loss": float(loss_sum / weight_sum.clamp_min(1e-12)),
         f"{prefix}_pixel_accuracy": metrics.pixel_accuracy,
         f"{prefix}_miou": metrics.miou,
     }
+
+
+def _start_mlflow(cfg: TrainRunConfig) -> Any:
+    """Open an MLflow run through Ray's integration and log the run config as parameters."""
+    from ray.air.integrations.mlflow import setup_mlflow
+
+    tracker = setup_mlflow(
+        cfg.model_dump(mode="json"), tracking_uri=cfg.mlflow.tracking_uri,
+        experiment_name=cfg.mlflow.experiment_name, run_name=cfg.run_name, rank_zero_only=True,
+    )
+    tracker.log_params({"variant": cfg.variant, "seed": cfg.seed, "epochs": cfg.epochs,
+                        "batch_size": cfg.batch_size, "learning_rate": cfg.optimizer.learning_rate})
+    return tracker
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -122,6 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer_state = scheduler_state = None
     history: list[dict[str, float]] = []
     start_epoch = 0
+    resumed_from: int | None = None
     best_val_loss, epochs_without_improvement = float("inf"), 0
 
     resume = ray.train.get_checkpoint()
@@ -132,6 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer_state, scheduler_state = payload["optimizer_state"], payload["scheduler_state"]
         history = list(payload["history"])
         start_epoch = payload["epoch"] + 1
+        resumed_from = payload["epoch"]
         best_val_loss = payload.get("best_val_loss", best_val_loss)
         epochs_without_improvement = payload.get("epochs_without_improvement", 0)
         if rank == 0:
@@ -150,6 +166,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
     autocast = mixed_precision_context(cfg.mixed_precision, device)
+    tracker = _start_mlflow(cfg) if rank == 0 and cfg.mlflow.enabled else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
@@ -214,8 +231,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             epochs_without_improvement += 1
         metrics.update(epoch=epoch, learning_rate=learning_rate, epoch_seconds=time.perf_counter() - started)
+        if resumed_from is not None:
+            metrics["resumed_after_epoch"] = resumed_from
+            resumed_from = None
         history.append(dict(metrics))
 
+        if tracker is not None:
+            tracker.log_metrics(metrics, step=epoch)
         if rank == 0:
             logger.info(
                 "%s epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f, lr %.2e, %.1f s",

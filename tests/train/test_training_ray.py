@@ -1,0 +1,136 @@
+"""Ray Train runs on a local cluster: the grid, DDP under gloo, resume after a killed worker, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cancerseg_ray.train.checkpoint import load_checkpoint
+from cancerseg_ray.train.config import TrainGridConfig
+from cancerseg_ray.train.grid import load_run_records, run_training_grid
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def grid_config(shards, output, **overrides) -> TrainGridConfig:
+    settings = {
+        "variants": ["deeplabv3plus_resnet50"], "seeds": [0], "epochs": 1, "batch_size": 2,
+        "max_train_batches": 1, "shards_dir": shards, "output_dir": output, "max_failures": 0,
+    }
+    settings.update(overrides)
+    return TrainGridConfig.model_validate(settings)
+
+
+def test_grid_writes_four_complete_records(tiny_shards, tmp_path):
+    variants = ["deeplabv3plus_resnet50", "deeplabv3plus_resnet50_attention"]
+    records = run_training_grid(grid_config(tiny_shards, tmp_path, variants=variants, seeds=[0, 1]))
+
+    assert [(r.variant, r.seed) for r in records] == [(v, s) for v in variants for s in (0, 1)]
+    loaded = load_run_records(tmp_path)
+    assert len(loaded) == 4
+    for record in loaded:
+        directory = tmp_path / record["variant"] / f"seed{record['seed']}"
+        for name in ("best.pt", "history.csv", "history.json", "curves.png", "run.json"):
+            assert (directory / name).is_file(), directory / name
+        assert record["config"]["class_weights"] == pytest.approx(
+            json.loads((tiny_shards / "class_stats.json").read_text())["loss_weights"])
+    sizes = pd.read_csv(tmp_path / "model_sizes.csv")
+    assert sizes["variant"].tolist() == variants
+    difference = sizes["trainable_parameters"].diff().iloc[1]
+    assert difference == 1281  # the spatial attention gate
+
+
+def test_ddp_validation_counts_every_tile_once(tiny_shards, tmp_path):
+    # Two gloo workers each validate the tiles whose key falls to their rank; the all-reduced
+    # confusion matrix must contain every validation tile's labelled pixels exactly once.
+    run_training_grid(grid_config(tiny_shards, tmp_path, scaling={"num_workers": 2}))
+    stats = json.loads((tiny_shards / "class_stats.json").read_text())
+    labelled = sum(stats["splits"]["val"]["class_pixel_counts"])
+    payload = load_checkpoint(tmp_path / "deeplabv3plus_resnet50" / "seed0" / "best.pt")
+    assert labelled > 0
+    assert payload["metrics"]["val_pixels"] == labelled
+    assert payload["train_config"]["run_name"] == "glas-deeplabv3plus_resnet50-seed0"
+
+
+def _training_worker_pids() -> list[int]:
+    """Find Ray Train worker processes by their process title (``ray::RayTrainWorker...``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::RayTrainWorker"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _kill_one_worker_after_second_checkpoint(results_dir, stop: threading.Event, killed: list[int]) -> None:
+    # Waiting for a second checkpoint ensures the controller has registered the first one.
+    deadline = time.monotonic() + 300
+    seen: set[str] = set()
+    while time.monotonic() < deadline and not stop.is_set():
+        seen.update(path.name for path in results_dir.glob("*/checkpoint_*"))
+        if len(seen) >= 2:
+            pids = _training_worker_pids()
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
+        time.sleep(0.5)
+
+
+def test_resume_after_killed_worker(tiny_shards, tmp_path):
+    config = grid_config(tiny_shards, tmp_path, epochs=6, max_failures=2, augmentation={"enabled": False})
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_one_worker_after_second_checkpoint,
+                              args=(tmp_path / "ray_results", stop, killed))
+    killer.start()
+    try:
+        run_training_grid(config)
+    finally:
+        stop.set()
+        killer.join()
+
+    assert killed, "no training worker was killed; the run ended before its second checkpoint was seen"
+    record = load_run_records(tmp_path)[0]
+    history = json.loads((tmp_path / "deeplabv3plus_resnet50" / "seed0" / "history.json").read_text())
+    assert [entry["epoch"] for entry in history] == [0, 1, 2, 3, 4, 5]
+    assert record["epochs_run"] == 6
+    assert len(record["resumed_after_epochs"]) >= 1
+
+
+@pytest.fixture(scope="module")
+def concurrent_grid(tiny_shards, tmp_path_factory):
+    """Two seeds trained at the same time, one worker each, without augmentation."""
+    output = tmp_path_factory.mktemp("concurrent")
+    run_training_grid(grid_config(tiny_shards, output, seeds=[0, 1], epochs=2, max_train_batches=2,
+                                  max_concurrent_runs=2, scaling={"num_workers": 1},
+                                  augmentation={"enabled": False}))
+    return output
+
+
+def test_concurrent_runs_overlap_in_time(concurrent_grid):
+    records = load_run_records(concurrent_grid)
+    assert len(records) == 2
+    spans = sorted((r["finished_at"] - r["train_seconds"], r["finished_at"]) for r in records)
+    assert spans[1][0] < spans[0][1], f"runs did not overlap: {spans}"
+
+
+def _history_without_timings(output) -> list[dict]:
+    history = json.loads((output / "deeplabv3plus_resnet50" / "seed0" / "history.json").read_text())
+    return [{key: value for key, value in entry.items() if "seconds" not in key} for entry in history]
+
+
+def test_same_seed_gives_same_metrics_on_cpu(tiny_shards, concurrent_grid, tmp_path):
+    run_training_grid(grid_config(tiny_shards, tmp_path, epochs=2, max_train_batches=2,
+                                  scaling={"num_workers": 1}, augmentation={"enabled": False}))
+    assert _history_without_timings(tmp_path) == _history_without_timings(concurrent_grid)
