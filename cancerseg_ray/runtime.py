@@ -31,6 +31,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         ray.init(address=address)
     else:
         logger.info("starting an embedded Ray instance on this machine")
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        # address="local" always starts a new instance, never attaching to a stray local cluster.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
     resources = ray.cluster_resources()
     logger.info("Ray resources: %s CPUs, %s GPUs", resources.get("CPU", 0), resources.get("GPU", 0))

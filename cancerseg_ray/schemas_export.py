@@ -15,11 +15,13 @@ import pyarrow as pa
 from cancerseg_ray.data.config import FolderIngestConfig
 from cancerseg_ray.data.labels import LabelMap
 from cancerseg_ray.data.schema import schema_as_json, tile_schema
+from cancerseg_ray.data.sources import IngestConfig
 from cancerseg_ray.evaluate.config import EvaluateConfig
 from cancerseg_ray.train.config import TrainGridConfig
 
 JSON_SCHEMAS = {
     "ingest_config.schema.json": FolderIngestConfig,
+    "ingest_sources.schema.json": IngestConfig,
     "label_map.schema.json": LabelMap,
     "train_config.schema.json": TrainGridConfig,
     "evaluate_config.schema.json": EvaluateConfig,

@@ -32,7 +32,7 @@ def ray_start_4_cpus():
 
     Ray Train's two workers take 2 CPUs; Ray Data's read and decode tasks need the others.
     """
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()

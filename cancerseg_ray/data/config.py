@@ -7,13 +7,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cancerseg_ray.data.labels import LabelMap, load_label_map
-from cancerseg_ray.data.splits import SplitFractions
+from cancerseg_ray.data.splits import GroupBy, SplitFractions
 from cancerseg_ray.data.tiling import EdgeMode
 from cancerseg_ray.io.images import IMAGE_EXTENSIONS
 
 
 class SplitConfig(BaseModel):
-    """How images are assigned to train, validation and test."""
+    """Assignment of images to the train, validation and test splits."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -21,6 +21,12 @@ class SplitConfig(BaseModel):
     fractions: SplitFractions = Field(default_factory=SplitFractions)
     split_file: Path | None = Field(
         default=None, description="Existing splits.json to reuse instead of drawing a new split."
+    )
+    group_by: GroupBy | None = Field(
+        default=None,
+        description="Unit kept whole in one split: image, slide, patient, fold (PanNuke) or tile "
+        "(random per tile, leaks overlapping tiles into the test set; logs a warning). "
+        "Default: image for folders and COCO, slide for slides and BCSS, image for PUMA, fold for PanNuke.",
     )
 
 

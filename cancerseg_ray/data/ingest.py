@@ -2,8 +2,8 @@
 
 The driver lists image/mask pairs, draws or reuses the split, and hands one
 item per image to Ray Data. Each Ray task reads its image, maps the mask
-through the label map, cuts tiles and writes the image's shard atomically;
-it returns a one-row summary. A bad image is reported in ``errors.json`` and
+through the label map, cuts tiles and writes the image's shard atomically.
+It returns a one-row summary. A bad image is reported in ``errors.json`` and
 the other images still finish. A re-run skips images whose shard is already
 recorded in the manifest with a matching checksum.
 """
@@ -34,7 +34,15 @@ from cancerseg_ray.data.shards import (
     file_sha256,
     shard_path,
 )
-from cancerseg_ray.data.splits import assign_splits, load_splits, save_splits, write_json_atomic
+from cancerseg_ray.data.splits import (
+    GroupBy,
+    assign_splits,
+    check_no_overlap,
+    load_splits,
+    save_splits,
+    tcga_patient_id,
+    write_json_atomic,
+)
 from cancerseg_ray.data.statistics import compute_class_statistics
 from cancerseg_ray.data.tiling import EdgeMode, cut_tiles
 from cancerseg_ray.errors import ConfigError, InputDataError
@@ -56,7 +64,7 @@ class ImageItem:
 
 @dataclass
 class IngestResult:
-    """What an ingest run wrote and what it could not."""
+    """Outcome of an ingest run: images written, skipped and failed, and the class statistics."""
 
     output_dir: Path
     written: list[dict[str, Any]]
@@ -70,7 +78,7 @@ def find_image_mask_pairs(config: FolderIngestConfig) -> tuple[list[tuple[str, P
     """List (image id, image path, mask path) pairs and the images that have no mask.
 
     Raises:
-        InputDataError: If a folder is missing, holds no images, or two images share a stem.
+        InputDataError: If a folder is missing, contains no images, or two images share a stem.
     """
     images_dir, masks_dir = Path(config.images_dir), Path(config.masks_dir)
     for folder, role in ((images_dir, "images"), (masks_dir, "masks")):
@@ -178,6 +186,7 @@ def tile_image_to_shard(item: dict[str, Any], *, settings: dict[str, Any]) -> di
                 Column.CLASS_PIXEL_COUNTS: counts.tolist(),
                 Column.IGNORE_PIXEL_COUNT: int(mask_tile.size - labelled),
                 Column.TISSUE_FRACTION: None,
+                Column.TISSUE_TYPE: None,
             })
         checksum = writer.close()
         summary.update(
@@ -222,34 +231,54 @@ def _is_finished(entry: dict[str, Any] | None, split: str) -> bool:
     return path.is_file() and file_sha256(path) == entry["sha256"]
 
 
-def _resolve_splits(config: FolderIngestConfig, root: Path, image_ids: list[str]) -> dict[str, Split]:
-    """Draw the split, or reuse the saved one; images new since then are split among themselves.
+def _image_groups(config: FolderIngestConfig, image_ids: list[str]) -> tuple[GroupBy, dict[str, str]]:
+    """Map each image to its split group: itself, or its patient (TCGA barcode)."""
+    group_by = config.splits.group_by or GroupBy.IMAGE
+    if group_by in (GroupBy.IMAGE, GroupBy.SLIDE):
+        return group_by, {image_id: image_id for image_id in image_ids}
+    if group_by is GroupBy.PATIENT:
+        groups = {image_id: tcga_patient_id(image_id) for image_id in image_ids}
+        unnamed = sorted(image_id for image_id, group in groups.items() if group is None)
+        if unnamed:
+            raise ConfigError(
+                f"group_by: patient needs TCGA barcodes in the image names; these have none: {unnamed[:10]}. "
+                "Use group_by: image, or a slides manifest with a patient column"
+            )
+        return group_by, {image_id: str(group) for image_id, group in groups.items()}
+    raise ConfigError(f"folder ingest splits by image, slide or patient, not by {group_by!s}")
 
-    Earlier images keep their split, so adding images never moves a trained-on
-    image into a test set.
+
+def _resolve_splits(config: FolderIngestConfig, root: Path, image_ids: list[str]) -> dict[str, Split]:
+    """Draw the split, or reuse the saved one; groups new since then are split among themselves.
+
+    Earlier groups keep their split, so adding images never moves a trained-on
+    image into a test set. Returns the split of each image.
     """
+    group_by, image_to_group = _image_groups(config, image_ids)
+    groups = sorted(set(image_to_group.values()))
     source = config.splits.split_file or (root / SPLITS_FILE if (root / SPLITS_FILE).is_file() else None)
     if source is None:
-        assignment = assign_splits(image_ids, fractions=config.splits.fractions, seed=config.splits.seed)
-        logger.info("drew a new split of %d images with seed %d", len(image_ids), config.splits.seed)
+        assignment = assign_splits(groups, fractions=config.splits.fractions, seed=config.splits.seed)
+        logger.info("drew a new split of %d %s groups with seed %d", len(groups), group_by, config.splits.seed)
     else:
         assignment = load_splits(Path(source))
-        new = sorted(set(image_ids) - set(assignment))
+        new = sorted(set(groups) - set(assignment))
         if new and config.splits.split_file is not None:
             raise ConfigError(
-                f"images {new} are not in the split file {source}; add them to it or remove split_file "
+                f"groups {new} are not in the split file {source}; add them to it or remove split_file "
                 "from the config to split them automatically"
             )
         if new:
             assignment.update(assign_splits(new, fractions=config.splits.fractions, seed=config.splits.seed))
-            logger.warning("reusing the split in %s; %d new images were split among themselves", source, len(new))
+            logger.warning("reusing the split in %s; %d new groups were split among themselves", source, len(new))
         else:
             logger.info("reusing the split in %s", source)
+    check_no_overlap(image_to_group, assignment)
     save_splits(
-        root / SPLITS_FILE, assignment=assignment, image_to_group={i: i for i in image_ids},
-        seed=config.splits.seed, fractions=config.splits.fractions, group_by="image",
+        root / SPLITS_FILE, assignment=assignment, image_to_group=image_to_group,
+        seed=config.splits.seed, fractions=config.splits.fractions, group_by=str(group_by),
     )
-    return assignment
+    return {image_id: assignment[group] for image_id, group in image_to_group.items()}
 
 
 def _remove_stale_shards(root: Path, written: list[dict[str, Any]]) -> None:
@@ -271,7 +300,7 @@ def run_folder_ingest(config: FolderIngestConfig) -> IngestResult:
 
     Raises:
         InputDataError: If no image could be tiled.
-        ConfigError: If the output folder holds shards made with other settings.
+        ConfigError: If the output folder contains shards made with other settings.
     """
     started = time.perf_counter()
     root = Path(config.output_dir).resolve()
@@ -284,21 +313,22 @@ def run_folder_ingest(config: FolderIngestConfig) -> IngestResult:
         previous = json.loads(dataset_path.read_text())
         if previous.get("settings_fingerprint") != fingerprint:
             raise ConfigError(
-                f"{root} holds shards made with other settings; choose a new output folder or set overwrite: true"
+                f"{root} contains shards made with other settings; choose a new output folder or set overwrite: true"
             )
 
     pairs, failed = find_image_mask_pairs(config)
-    assignment = _resolve_splits(config, root, [image_id for image_id, _, _ in pairs] + [f["image_id"] for f in failed])
+    image_split = _resolve_splits(config, root, [image_id for image_id, _, _ in pairs] + [f["image_id"] for f in failed])
     previous_manifest = {} if config.overwrite else _load_previous_manifest(root)
 
     todo, skipped = [], []
     for image_id, image_path, mask_path in pairs:
-        split = str(assignment[image_id])
+        split = str(image_split[image_id])
         entry = previous_manifest.get(image_id)
         if _is_finished(entry, split):
             skipped.append(entry)
             continue
-        todo.append(asdict(ImageItem(image_id, str(image_path), str(mask_path), image_id, split)))
+        group_id = tcga_patient_id(image_id) if config.splits.group_by is GroupBy.PATIENT else image_id
+        todo.append(asdict(ImageItem(image_id, str(image_path), str(mask_path), str(group_id), split)))
     logger.info("%d images to tile, %d already done, %d without a mask", len(todo), len(skipped), len(failed))
 
     settings = {

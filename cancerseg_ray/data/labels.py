@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ class LabelMap(BaseModel):
     ignore_index: int = Field(default=DEFAULT_IGNORE_INDEX, ge=0, le=255)
     ignore_mask_values: list[int] = Field(default_factory=list)
     ignore_annotation_names: list[str] = Field(default_factory=list)
+    precedence: list[str] | None = Field(
+        default=None,
+        description="Class names from lowest to highest priority where annotation polygons of "
+        "different classes overlap; the last one wins. Default: class-id order, the highest id wins.",
+    )
 
     @field_validator("classes")
     @classmethod
@@ -69,7 +75,34 @@ class LabelMap(BaseModel):
         clash = sorted(set(seen) & set(self.ignore_mask_values))
         if clash:
             raise ValueError(f"mask values {clash} are listed both as a class and as ignored")
+        self._check_annotation_names()
+        self._check_precedence()
         return self
+
+    def _check_annotation_names(self) -> None:
+        owners: dict[str, str] = {}
+        for spec in self.classes:
+            for name in spec.annotation_names:
+                if name in owners and owners[name] != spec.name:
+                    raise ValueError(
+                        f"annotation name {name!r} is listed for both {owners[name]!r} and {spec.name!r}"
+                    )
+                owners[name] = spec.name
+        clash = sorted(set(owners) & set(self.ignore_annotation_names))
+        if clash:
+            raise ValueError(f"annotation names {clash} are listed both for a class and as ignored")
+
+    def _check_precedence(self) -> None:
+        if self.precedence is None:
+            return
+        names = self.class_names
+        unknown = sorted(set(self.precedence) - set(names))
+        missing = [name for name in names if name not in self.precedence]
+        if unknown or missing or len(set(self.precedence)) != len(self.precedence):
+            raise ValueError(
+                f"precedence must list every class exactly once; unknown: {unknown}, missing: {missing}, "
+                f"given: {self.precedence}"
+            )
 
     @property
     def class_names(self) -> list[str]:
@@ -121,6 +154,54 @@ class LabelMap(BaseModel):
                 f"(it maps {known}); add them to a class's mask_values or to ignore_mask_values"
             )
         return mapped.astype(np.uint8)
+
+    def annotation_lookup(self) -> dict[str, str | None]:
+        """Map annotation class names to target class names; ignored names map to None.
+
+        A class matches the names in its ``annotation_names``, or its own name
+        when that list is empty.
+        """
+        lookup: dict[str, str | None] = {name: None for name in self.ignore_annotation_names}
+        for spec in self.classes:
+            for name in spec.annotation_names or [spec.name]:
+                lookup[name] = spec.name
+        return lookup
+
+    def resolve_annotation_names(self, names: Iterable[str], *, source: str) -> dict[str, str | None]:
+        """Map the annotation class names found in one file to target classes.
+
+        Args:
+            names: Class names found in the annotation file.
+            source: Annotation file, named in the error message.
+
+        Returns:
+            Annotation name -> target class name, or None for ignored names.
+
+        Raises:
+            LabelMapError: Listing every name that the label map neither maps nor ignores.
+        """
+        lookup = self.annotation_lookup()
+        found = sorted(set(names))
+        unknown = [name for name in found if name not in lookup]
+        if unknown:
+            raise LabelMapError(
+                f"{source}: annotation classes {unknown} are not in the label map (it maps "
+                f"{sorted(k for k, v in lookup.items() if v is not None)} and ignores "
+                f"{sorted(self.ignore_annotation_names)}); add them to a class's annotation_names "
+                "or to ignore_annotation_names"
+            )
+        return {name: lookup[name] for name in found}
+
+    def class_id(self, name: str) -> int:
+        """Return the class id of a target class name.
+
+        Raises:
+            ConfigError: If no class has that name.
+        """
+        names = self.class_names
+        if name not in names:
+            raise ConfigError(f"class {name!r} is not in the label map; classes: {names}")
+        return names.index(name)
 
     def to_class_map(self) -> dict[str, Any]:
         """Describe the classes as plain data for checkpoints and reports."""

@@ -22,7 +22,7 @@ TILE_KEY = "tile_key"
 
 
 class DatasetInfo(BaseModel):
-    """What a training or evaluation job needs to know about a shard folder."""
+    """Classes, tile settings and statistics of a shard folder, as training and evaluation need them."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -101,7 +101,8 @@ def read_split(root: str | Path, split: Split | str, *, columns: list[str] | Non
         raise InputDataError(
             f"{root} has no {split} shards; check the split fractions of the ingest config and re-run it"
         )
-    return ray.data.read_parquet([str(f) for f in files], columns=columns)
+    dataset = ray.data.read_parquet([str(f) for f in files])
+    return dataset.select_columns(columns) if columns is not None else dataset
 
 
 def read_decoded_split(root: str | Path, split: Split | str) -> ray.data.Dataset:

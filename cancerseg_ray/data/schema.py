@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from cancerseg_ray.errors import SchemaError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bumped whenever a column is added, removed or changes type."""
 
 METADATA_VERSION_KEY = b"cancerseg.schema_version"
@@ -44,6 +44,7 @@ class Column(StrEnum):
     CLASS_PIXEL_COUNTS = "class_pixel_counts"
     IGNORE_PIXEL_COUNT = "ignore_pixel_count"
     TISSUE_FRACTION = "tissue_fraction"
+    TISSUE_TYPE = "tissue_type"
 
 
 class Split(StrEnum):
@@ -74,6 +75,7 @@ _FIELDS: list[tuple[Column, pa.DataType, bool, str]] = [
     (Column.CLASS_PIXEL_COUNTS, pa.list_(pa.int64()), False, "Pixels of each class in the mask, in class-id order."),
     (Column.IGNORE_PIXEL_COUNT, pa.int64(), False, "Pixels equal to the ignore index (padding included)."),
     (Column.TISSUE_FRACTION, pa.float32(), True, "Fraction of the tile covered by detected tissue; null if not computed."),
+    (Column.TISSUE_TYPE, pa.string(), True, "Organ or sample type of the source (PanNuke types.npy, PUMA primary or metastatic); null if unknown."),
 ]
 
 

@@ -8,11 +8,14 @@ on both sides.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,51 @@ from cancerseg_ray.errors import ConfigError, InputDataError
 logger = logging.getLogger(__name__)
 
 SPLITS_FILE_VERSION = 1
+
+TCGA_PATIENT_PATTERN = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", re.IGNORECASE)
+"""A TCGA barcode starts with project, tissue source site and participant: ``TCGA-XX-XXXX``."""
+
+
+class GroupBy(StrEnum):
+    """Unit that is kept whole when splits are drawn.
+
+    - ``image``: each source file (image, ROI or slide) is its own group.
+    - ``slide``: ROIs or images cut from one slide share a group; the slide
+      id comes from the file name (BCSS) or the manifest.
+    - ``patient``: all slides of one patient share a group; the patient id is
+      the TCGA barcode's first 12 characters or the manifest's patient column.
+    - ``fold``: PanNuke's folds are mapped to splits by the config.
+    - ``tile``: every tile is assigned at random. Overlapping tiles of one
+      slide then land in several splits, so test scores are inflated; this
+      exists only to reproduce studies that split this way, and it logs a warning.
+    """
+
+    IMAGE = "image"
+    SLIDE = "slide"
+    PATIENT = "patient"
+    FOLD = "fold"
+    TILE = "tile"
+
+
+def tcga_patient_id(name: str) -> str | None:
+    """Return the patient part of a TCGA barcode (``TCGA-XX-XXXX``), or None if ``name`` is not one."""
+    match = TCGA_PATIENT_PATTERN.match(name)
+    return match.group(1).upper() if match else None
+
+
+def tile_split(key: str, *, fractions: SplitFractions, seed: int) -> Split:
+    """Assign one tile to a split by hashing its key with the seed.
+
+    The same key and seed always give the same split, so a re-run puts every
+    tile where it was before.
+    """
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    draw = int.from_bytes(digest[:8], "big") / 2**64
+    if draw < fractions.train:
+        return Split.TRAIN
+    if draw < fractions.train + fractions.val:
+        return Split.VAL
+    return Split.TEST
 
 
 class SplitFractions(BaseModel):

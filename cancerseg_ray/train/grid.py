@@ -15,14 +15,14 @@ import ray
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from cancerseg_ray.data.augment import augment_batch
 from cancerseg_ray.data.loading import DatasetInfo, load_dataset_info, read_decoded_split
 from cancerseg_ray.data.splits import write_json_atomic
+from cancerseg_ray.errors import ConfigError, TrainingFailedError
 from cancerseg_ray.models import ModelConfig, build_model, count_parameters, list_models
 from cancerseg_ray.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from cancerseg_ray.train.config import SchedulePreset, TrainGridConfig, TrainRunConfig
 from cancerseg_ray.train.loop import train_loop_per_worker
-from cancerseg_ray.data.augment import augment_batch
-from cancerseg_ray.errors import ConfigError, TrainingFailedError
 from cancerseg_ray.train.records import check_mlflow_available, write_curves
 
 logger = logging.getLogger(__name__)

@@ -116,7 +116,7 @@ def test_rerun_with_other_settings_is_rejected(ray_start_4_cpus, glas_folders, t
     images, masks = glas_folders
     output = tmp_path / "shards"
     run_folder_ingest(make_config(images, masks, output))
-    with pytest.raises(ConfigError, match="holds shards made with other settings"):
+    with pytest.raises(ConfigError, match="contains shards made with other settings"):
         run_folder_ingest(make_config(images, masks, output, tiling={"tile_size": 128, "stride": 128}))
 
 
