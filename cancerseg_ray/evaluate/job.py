@@ -14,22 +14,39 @@ import pandas as pd
 from cancerseg_ray.data.loading import DatasetInfo, load_dataset_info
 from cancerseg_ray.data.splits import write_json_atomic
 from cancerseg_ray.errors import CheckpointError, ConfigError
+from cancerseg_ray.evaluate.bootstrap import bootstrap_seed_mean_difference_ci
 from cancerseg_ray.evaluate.config import EvaluateConfig
+from cancerseg_ray.evaluate.plots import PanelTile
 from cancerseg_ray.evaluate.predict import predict_confusion
+from cancerseg_ray.evaluate.qualitative import predict_panel_tiles
 from cancerseg_ray.evaluate.report import write_report
-from cancerseg_ray.evaluate.statistics import compare_variants, summarise_over_seeds
-from cancerseg_ray.metrics import compute_metrics
+from cancerseg_ray.evaluate.statistics import (
+    compare_variants,
+    holm_adjust,
+    summarise_over_seeds,
+    wilcoxon_signed_rank,
+)
+from cancerseg_ray.metrics import SCALAR_METRICS, compute_metrics
+from cancerseg_ray.models import list_models
 from cancerseg_ray.train.checkpoint import file_digest, load_checkpoint
 from cancerseg_ray.train.grid import load_run_records
 
 logger = logging.getLogger(__name__)
 
 MAJORITY_BASELINE = "majority_class_baseline"
+HISTORY_FILE = "history.csv"
 
 
 @dataclass
 class EvaluationResult:
-    """Everything the report shows."""
+    """Everything the report shows.
+
+    ``runs`` contains one dict per evaluated run with its confusion matrices and
+    metrics. ``tests`` and ``wilcoxon`` contain one dict per (variant pair,
+    metric) with ``p_holm`` added, ``bootstrap`` one dict per (variant pair,
+    metric). ``skipped`` lists runs left out and why. ``notes`` lists every
+    other thing the report leaves out or qualifies.
+    """
 
     info: DatasetInfo
     split: str
@@ -39,6 +56,18 @@ class EvaluationResult:
     tests: list[dict[str, Any]]
     skipped: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    variants: list[str] = field(default_factory=list)
+    wilcoxon: list[dict[str, Any]] = field(default_factory=list)
+    bootstrap: list[dict[str, Any]] = field(default_factory=list)
+    histories: dict[str, dict[int, pd.DataFrame]] = field(default_factory=dict)
+    panels: list[PanelTile] = field(default_factory=list)
+    panel_runs: dict[str, str] = field(default_factory=dict)
+    image_ids: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    test_metrics: list[str] = field(default_factory=list)
+    significance_level: float = 0.05
+    figures: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def check_checkpoint_matches(checkpoint_path: Path, info: DatasetInfo) -> dict[str, Any]:
@@ -54,6 +83,12 @@ def check_checkpoint_matches(checkpoint_path: Path, info: DatasetInfo) -> dict[s
             f"{checkpoint_path} was trained on classes {names}, but the shards in {info.root} have "
             f"{info.class_names}; evaluate it on shards made with the same label map"
         )
+    ignore_index = payload["class_map"].get("ignore_index", info.ignore_index)
+    if ignore_index != info.ignore_index:
+        raise CheckpointError(
+            f"{checkpoint_path} was trained with ignore index {ignore_index}, but the shards in {info.root} "
+            f"use {info.ignore_index}; evaluate it on shards made with the same label map"
+        )
     return payload
 
 
@@ -62,11 +97,140 @@ def _metrics_row(cm: np.ndarray, info: DatasetInfo) -> dict[str, Any]:
     return {"headline": metrics.headline(), "metrics": metrics.to_dict(), "confusion_matrix": cm.tolist()}
 
 
+def order_variants(names: list[str]) -> list[str]:
+    """Order variant names as the model registry lists them (baseline first); unknown names follow, sorted."""
+    registry = list_models()
+    return [name for name in registry if name in names] + sorted(set(names) - set(registry))
+
+
+def _read_history(directory: Path) -> pd.DataFrame:
+    path = directory / HISTORY_FILE
+    frame = pd.read_csv(path)
+    if frame.empty:
+        raise ValueError(f"{path} has no epochs")
+    return frame
+
+
+def _load_histories(runs: list[dict[str, Any]], notes: list[str]) -> dict[str, dict[int, pd.DataFrame]]:
+    histories: dict[str, dict[int, pd.DataFrame]] = {}
+    for run in runs:
+        try:
+            frame = _read_history(Path(run["directory"]))
+        except (OSError, ValueError, pd.errors.ParserError) as error:
+            logger.warning("training curve of %s left out: %s", run["run_name"], error)
+            notes.append(f"Training curve of `{run['run_name']}` left out: {error}.")
+            continue
+        histories.setdefault(run["variant"], {})[run["seed"]] = frame
+    return histories
+
+
+def _evaluate_run(record: dict[str, Any], info: DatasetInfo, config: EvaluateConfig,
+                  common: dict[str, Any]) -> dict[str, Any]:
+    checkpoint = (Path(record["directory"]) / record["best_checkpoint"]).resolve()
+    confusion = predict_confusion(info.root, config.split, checkpoint=str(checkpoint),
+                                  use_gpu=config.use_gpu, **common)
+    row = {"variant": record["variant"], "seed": record["seed"], "run_name": record["run_name"],
+           "directory": record["directory"], "checkpoint": str(checkpoint),
+           "checkpoint_sha256": file_digest(checkpoint), "best_epoch": record["best_epoch"],
+           "val_miou": record["best_metrics"]["val_miou"], "tiles": confusion.tiles,
+           **_metrics_row(confusion.total, info)}
+    row["per_image_confusion"] = {image: cm.tolist() for image, cm in sorted(confusion.per_image.items())}
+    logger.info("%s: %s mIoU %.4f", record["run_name"], config.split, row["headline"]["miou"])
+    return row
+
+
+def _paired_tests(table: pd.DataFrame, variants: list[str], config: EvaluateConfig) -> tuple[list, list]:
+    """Run the t-tests and Wilcoxon tests of every pair and metric; a is the later variant in registry order."""
+    pairs_order = list(reversed(variants))
+    t_tests = [r.to_dict() for r in compare_variants(table, metrics=config.test_metrics, variants=pairs_order)]
+    wilcoxon = [r.to_dict() for r in compare_variants(table, metrics=config.test_metrics, variants=pairs_order,
+                                                       test=wilcoxon_signed_rank)]
+    for family in (t_tests, wilcoxon):
+        adjusted = holm_adjust([np.nan if t["p_value"] is None else t["p_value"] for t in family])
+        for test, p_holm in zip(family, adjusted, strict=True):
+            test["p_holm"] = None if np.isnan(p_holm) else p_holm
+    return t_tests, wilcoxon
+
+
+def _bootstrap(runs: list[dict[str, Any]], variants: list[str], info: DatasetInfo, config: EvaluateConfig,
+               notes: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    image_ids = sorted(runs[0]["per_image_confusion"])
+    stacks = {
+        variant: np.array([[run["per_image_confusion"][image] for image in image_ids]
+                           for run in runs if run["variant"] == variant], dtype=np.int64)
+        for variant in variants
+    }
+    pairs_order = list(reversed(variants))
+    results = []
+    for index, variant_a in enumerate(pairs_order):
+        for variant_b in pairs_order[index + 1:]:
+            try:
+                intervals = bootstrap_seed_mean_difference_ci(
+                    stacks[variant_a], stacks[variant_b], class_names=info.class_names,
+                    metrics=config.test_metrics, image_ids=image_ids, n_resamples=config.bootstrap_resamples,
+                    confidence=config.bootstrap_confidence, seed=config.bootstrap_seed)
+            except ValueError as error:
+                logger.warning("bootstrap of %s vs %s left out: %s", variant_a, variant_b, error)
+                notes.append(f"Bootstrap interval of `{variant_a}` - `{variant_b}` left out: {error}.")
+                continue
+            results += [{"variant_a": variant_a, "variant_b": variant_b, **interval} for interval in intervals]
+    return results, image_ids
+
+
+def _panel_checkpoints(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, Any]]:
+    """Pick per variant the run with the highest validation mIoU, as best.json does across variants."""
+    chosen = {}
+    for variant in variants:
+        candidates = [run for run in runs if run["variant"] == variant]
+        chosen[variant] = max(candidates, key=lambda run: (run["val_miou"], -run["seed"]))
+    return chosen
+
+
+def analyse_runs(info: DatasetInfo, config: EvaluateConfig, *, runs: list[dict[str, Any]],
+                 baseline: dict[str, Any], skipped: list[dict[str, str]] | None = None) -> EvaluationResult:
+    """Summarise, test and bootstrap scored runs, and read their training histories.
+
+    This is the part of the evaluation after prediction. It needs no Ray and
+    no model, so it also serves runs scored elsewhere.
+
+    Args:
+        info: The shards' dataset description.
+        config: Evaluation settings (split, metrics, bootstrap and figure settings).
+        runs: One dict per scored run, as :func:`run_evaluation` builds them
+            (``variant``, ``seed``, ``run_name``, ``directory``, ``headline``,
+            ``metrics``, ``confusion_matrix``, ``per_image_confusion``, ...).
+        baseline: The majority-class baseline's scored dict.
+        skipped: Runs left out before scoring, with the reason.
+
+    Returns:
+        The result without qualitative panels.
+    """
+    notes: list[str] = []
+    result = EvaluationResult(info, config.split, runs, baseline, pd.DataFrame(), [], list(skipped or []),
+                              notes=notes, test_metrics=list(config.test_metrics),
+                              significance_level=config.significance_level, figures=config.figures,
+                              settings=config.model_dump(mode="json"))
+    if not runs:
+        notes.append("No run could be evaluated, so the report has no variant statistics and no best checkpoint.")
+        return result
+    result.variants = order_variants(sorted({run["variant"] for run in runs}))
+    runs.sort(key=lambda run: (result.variants.index(run["variant"]), run["seed"]))
+    table = pd.DataFrame([{"variant": r["variant"], "seed": r["seed"], **r["headline"]} for r in runs])
+    result.summary = summarise_over_seeds(table, list(SCALAR_METRICS))
+    result.tests, result.wilcoxon = _paired_tests(table, result.variants, config)
+    result.bootstrap, result.image_ids = _bootstrap(runs, result.variants, info, config, notes)
+    result.histories = _load_histories(runs, notes)
+    return result
+
+
 def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
-    """Predict the split with every run's best checkpoint, then summarise and test.
+    """Predict the split with every run's best checkpoint, then summarise, test and draw panels.
 
     Runs whose checkpoint is missing or does not match the shards are left out
-    and listed in the report with the reason; the others are still evaluated.
+    and listed in the report with the reason. The other runs are still evaluated.
+
+    Raises:
+        ConfigError: If the shard or runs folder is not set or contains no run records.
     """
     if config.shards_dir is None or config.runs_dir is None:
         raise ConfigError("shards_dir and runs_dir must be set; pass --shards and --runs")
@@ -93,24 +257,18 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
             logger.error("skipping %s: %s", record["run_name"], error)
             skipped.append({"run": record["run_name"], "reason": str(error)})
             continue
-        confusion = predict_confusion(info.root, config.split, checkpoint=str(checkpoint),
-                                      use_gpu=config.use_gpu, **common)
-        row = {"variant": record["variant"], "seed": record["seed"], "run_name": record["run_name"],
-               "checkpoint": str(checkpoint), "checkpoint_sha256": file_digest(checkpoint),
-               "best_epoch": record["best_epoch"], "tiles": confusion.tiles,
-               **_metrics_row(confusion.total, info)}
-        row["per_image_confusion"] = {image: cm.tolist() for image, cm in confusion.per_image.items()}
-        logger.info("%s: %s mIoU %.4f", record["run_name"], config.split, row["headline"]["miou"])
-        runs.append(row)
+        runs.append(_evaluate_run(record, info, config, common))
 
-    if runs:
-        table = pd.DataFrame([{"variant": r["variant"], "seed": r["seed"], **r["headline"]} for r in runs])
-        summary = summarise_over_seeds(table, config.test_metrics)
-        tests = [result.to_dict() for result in compare_variants(table, metrics=config.test_metrics)]
-    else:
-        summary, tests = pd.DataFrame(), []
-    return EvaluationResult(info, config.split, runs, baseline, summary, tests, skipped,
-                            time.perf_counter() - started)
+    result = analyse_runs(info, config, runs=runs, baseline=baseline, skipped=skipped)
+    if result.runs and config.panel_tiles and config.figures:
+        chosen = _panel_checkpoints(result.runs, result.variants)
+        result.panel_runs = {variant: run["run_name"] for variant, run in chosen.items()}
+        result.panels = predict_panel_tiles(
+            info.root, config.split, checkpoints={v: run["checkpoint"] for v, run in chosen.items()},
+            count=config.panel_tiles, num_classes=info.num_classes, ignore_index=info.ignore_index,
+            use_gpu=config.use_gpu)
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 def evaluate_and_report(config: EvaluateConfig) -> Path:

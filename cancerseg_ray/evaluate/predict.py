@@ -2,8 +2,8 @@
 
 Tiles of one image overlap (50 % by default), so a pixel lies in up to four
 tiles. Each pixel is counted once: it belongs to the tile whose centre is
-nearest along each axis, which is also the tile that sees it with the most
-context. The boundaries between neighbouring tiles sit halfway between their
+nearest along each axis, which is also the tile that gives it the most
+surrounding context. The boundaries between neighbouring tiles sit halfway between their
 centres, which always lies inside both tiles when the stride is at most the
 tile size.
 """

@@ -1,17 +1,31 @@
-"""Writing the evaluation report as Markdown, JSON and CSV."""
+"""Writing the evaluation report: Markdown, self-contained HTML, JSON, CSV, PNG figures and best.json."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from cancerseg_ray.data.splits import write_json_atomic
+from cancerseg_ray.evaluate.document import (
+    Figure,
+    Section,
+    figure_path,
+    render_html_document,
+    render_markdown_document,
+)
+from cancerseg_ray.evaluate.published import PUBLISHED_SOURCE, published_results
+from cancerseg_ray.evaluate.sections import build_sections
+from cancerseg_ray.evaluate.tables import (
+    per_class_table,
+    published_comparison,
+    runs_table,
+    tests_table,
+)
 from cancerseg_ray.metrics import SCALAR_METRICS
 
 if TYPE_CHECKING:
@@ -20,35 +34,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REPORT_MARKDOWN = "report.md"
+REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
 BEST_FILE = "best.json"
+FIGURES_DIR = "figures"
+CSV_FILES = ("runs.csv", "summary.csv", "per_class.csv", "tests.csv", "bootstrap.csv")
 BEST_CRITERION = "highest validation mIoU over all evaluated runs (the test split plays no part in the choice)"
-
-_SHOWN = ["pixel_accuracy", "precision_macro", "recall_macro", "f1_macro", "miou", "fwiou"]
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def select_best_run(result: EvaluationResult) -> dict[str, Any] | None:
-    """Pick the run to serve by validation mIoU, never by a test-split figure."""
-    from cancerseg_ray.train.grid import load_run_records
+    """Pick the run to serve by validation mIoU, never by a test-split figure.
 
+    Ties go to the variant listed first, then the lower seed. Returns None
+    when no run was evaluated.
+    """
     if not result.runs:
         return None
-    by_name = {r["run_name"]: r for r in load_run_records(Path(result.runs[0]["checkpoint"]).parents[2])}
-    best = max(result.runs, key=lambda r: by_name[r["run_name"]]["best_metrics"]["val_miou"])
+    best = max(result.runs, key=lambda run: (run["val_miou"], -result.runs.index(run)))
     return {
         "dataset_name": result.info.dataset_name,
         "checkpoint": best["checkpoint"],
@@ -56,7 +58,7 @@ def select_best_run(result: EvaluationResult) -> dict[str, Any] | None:
         "variant": best["variant"],
         "seed": best["seed"],
         "criterion": BEST_CRITERION,
-        "val_miou": by_name[best["run_name"]]["best_metrics"]["val_miou"],
+        "val_miou": best["val_miou"],
         f"{result.split}_metrics": best["headline"],
         "class_map": result.info.class_map(),
         "mpp": result.info.mpp,
@@ -64,97 +66,123 @@ def select_best_run(result: EvaluationResult) -> dict[str, Any] | None:
     }
 
 
-def render_markdown(result: EvaluationResult, *, test_metrics: list[str]) -> str:
-    """Render the report as Markdown."""
-    info = result.info
-    lines = [
-        f"# Evaluation report: {info.dataset_name}, {result.split} split",
-        "",
-        f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from the shards in `{info.root}`.",
-        f"Classes: {', '.join(info.class_names)}. Runs evaluated: {len(result.runs)}.",
-        "",
-        "All figures come from one pixel confusion matrix per run over the whole split. Overlapping tiles "
-        "are not counted twice: each pixel is scored once, from the tile whose centre is nearest. "
-        "Precision, recall and F1 are *macro* averages (unweighted over classes) unless labelled otherwise; "
-        "micro averages equal pixel accuracy for single-label segmentation. Classes absent from both the "
-        "ground truth and the prediction are left out of every mean.",
-        "",
-        "## Per run",
-        "",
+def _title(result: EvaluationResult) -> str:
+    return f"Evaluation report: {result.info.dataset_name}, {result.split} split"
+
+
+def _preamble(result: EvaluationResult) -> list[str]:
+    seeds = sorted({run["seed"] for run in result.runs})
+    return [
+        f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from the shards in `{result.info.root}`.",
+        f"Classes: {', '.join(result.info.class_names)}. Variants: "
+        f"{', '.join(f'`{v}`' for v in result.variants) or 'none'}. Runs evaluated: {len(result.runs)} "
+        f"(seeds {', '.join(map(str, seeds)) or 'none'}); runs left out: {len(result.skipped)}. "
+        f"Test images: {len(result.image_ids)}; tiles: {result.baseline['tiles']}.",
     ]
-    baseline_name = result.baseline["variant"]
-    header = ["variant", "seed", "best epoch"] + _SHOWN
-    rows = [[baseline_name, "-", "-"] + [result.baseline["headline"][m] for m in _SHOWN]]
-    rows += [[r["variant"], r["seed"], r["best_epoch"] + 1] + [r["headline"][m] for m in _SHOWN] for r in result.runs]
-    lines += [_table(header, rows), ""]
-    lines += [f"The `{baseline_name}` row predicts the training split's most frequent class "
-              f"(`{result.baseline['predicted_class']}`) for every pixel.", ""]
-
-    absent = sorted({name for r in result.runs for name in r["metrics"]["absent_classes"]})
-    if absent:
-        lines += [f"Classes absent from both ground truth and prediction in at least one run (left out of its means): "
-                  f"{', '.join(absent)}.", ""]
-
-    lines += ["## Per-class IoU", ""]
-    rows = [[r["variant"], r["seed"]] + r["metrics"]["iou"] for r in [result.baseline] + result.runs]
-    lines += [_table(["variant", "seed"] + info.class_names, rows), ""]
-
-    lines += ["## Mean and standard deviation over seeds", ""]
-    if not result.summary.empty:
-        header = ["variant", "seeds"] + test_metrics
-        rows = [
-            [row["variant"], int(row["n_seeds"])]
-            + [f"{_fmt(row[f'{m}_mean'])} ± {_fmt(row[f'{m}_std'])}" for m in test_metrics]
-            for _, row in result.summary.iterrows()
-        ]
-        lines += [_table(header, rows), "", "Standard deviations are sample SDs (n - 1).", ""]
-
-    lines += ["## Paired t-tests between variants", ""]
-    if result.tests:
-        lines += ["Runs are paired by seed (scipy.stats.ttest_rel, two-sided). The test assumes that the "
-                  "per-seed differences are roughly normal; with few seeds it has little power, and the "
-                  "p-values are not adjusted for multiple comparisons.", ""]
-        header = ["metric", "variant a", "variant b", "n", "mean a", "mean b", "a - b", "t", "p", "p < 0.05", "note"]
-        rows = [[t["metric"], t["variant_a"], t["variant_b"], t["n"], t["mean_a"], t["mean_b"],
-                 t["mean_difference"], t["statistic"], t["p_value"],
-                 "yes" if (t["p_value"] is not None and t["p_value"] < 0.05) else "no", t["note"] or ""]
-                for t in result.tests]
-        lines += [_table(header, rows), ""]
-    else:
-        lines += ["No paired test: fewer than two variants were evaluated.", ""]
-
-    if result.skipped:
-        lines += ["## Runs left out", ""]
-        lines += [f"- `{s['run']}`: {s['reason']}" for s in result.skipped] + [""]
-    return "\n".join(lines)
 
 
-def write_report(result: EvaluationResult, output: Path, *, test_metrics: list[str]) -> Path:
-    """Write report.md, report.json, runs.csv, summary.csv, tests.csv and best.json into ``output``."""
-    output = Path(output)
-    payload = {
+def _sections(result: EvaluationResult, best: dict[str, Any] | None, files: list[str]) -> list[Section]:
+    return build_sections(result, best=best, criterion=BEST_CRITERION, files=files)
+
+
+def render_markdown(result: EvaluationResult, *, test_metrics: list[str] | None = None) -> str:
+    """Render the report as Markdown; figures are referenced as files under ``figures/``."""
+    if test_metrics is not None:
+        result.test_metrics = list(test_metrics)
+    sections = _sections(result, select_best_run(result), _file_names(result))
+    return render_markdown_document(_title(result), sections, preamble=_preamble(result))
+
+
+def _file_names(result: EvaluationResult) -> list[str]:
+    names = [REPORT_MARKDOWN, REPORT_HTML, REPORT_JSON, *CSV_FILES, "evaluation_config.json"]
+    if result.runs:
+        names.append(BEST_FILE)
+    if result.figures:
+        names.append(f"{FIGURES_DIR}/*.png")
+    return names
+
+
+def _json_payload(result: EvaluationResult, best: dict[str, Any] | None, figures: list[str]) -> dict[str, Any]:
+    return {
         "dataset_name": result.info.dataset_name,
         "split": result.split,
         "class_names": result.info.class_names,
+        "image_ids": result.image_ids,
+        "variants": result.variants,
         "scalar_metrics": list(SCALAR_METRICS),
+        "test_metrics": result.test_metrics,
+        "significance_level": result.significance_level,
         "baseline": result.baseline,
         "runs": result.runs,
         "summary": json.loads(result.summary.to_json(orient="records")) if not result.summary.empty else [],
+        "per_class": json.loads(per_class_table(result).to_json(orient="records")),
         "paired_t_tests": result.tests,
+        "wilcoxon_tests": result.wilcoxon,
+        "bootstrap_intervals": result.bootstrap,
+        "published": {"source": PUBLISHED_SOURCE,
+                      "rows": published_comparison(result, published_results(result.info.dataset_name))},
+        "panel_tiles": [{"image_id": t.image_id, "x": t.x, "y": t.y} for t in result.panels],
+        "panel_runs": result.panel_runs,
+        "best": best,
         "skipped_runs": result.skipped,
+        "notes": result.notes,
+        "figures": figures,
         "seconds": round(result.seconds, 1),
     }
-    write_json_atomic(output / REPORT_JSON, payload)
-    pd.DataFrame(
-        [{"variant": r["variant"], "seed": r["seed"], **r["headline"]} for r in [result.baseline] + result.runs]
-    ).to_csv(output / "runs.csv", index=False)
-    if not result.summary.empty:
-        result.summary.to_csv(output / "summary.csv", index=False)
-    pd.DataFrame(result.tests).to_csv(output / "tests.csv", index=False)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+
+
+def _write_csv_files(result: EvaluationResult, output: Path) -> None:
+    runs_table(result).to_csv(output / "runs.csv", index=False)
+    result.summary.to_csv(output / "summary.csv", index=False)
+    per_class_table(result).to_csv(output / "per_class.csv", index=False)
+    tests_table(result).to_csv(output / "tests.csv", index=False)
+    pd.DataFrame([{**b, "excluded_images": " ".join(b["excluded_images"])} for b in result.bootstrap]).to_csv(
+        output / "bootstrap.csv", index=False)
+
+
+def write_report(result: EvaluationResult, output: Path, *, test_metrics: list[str] | None = None) -> Path:
+    """Write every report file into ``output`` and return the Markdown report's path.
+
+    Files: ``report.md`` (figures referenced under ``figures/``), ``report.html``
+    (one page with the figures embedded as base64 PNG), ``report.json``,
+    ``runs.csv``, ``summary.csv``, ``per_class.csv``, ``tests.csv`` (t-tests
+    and Wilcoxon tests), ``bootstrap.csv``, ``figures/*.png`` and, when a run
+    was evaluated, ``best.json``. When no run could be evaluated, a
+    ``best.json`` left from an earlier report is renamed to
+    ``best.json.stale``, so serving never picks up a checkpoint this report
+    did not check and the old record is kept.
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    if test_metrics is not None:
+        result.test_metrics = list(test_metrics)
     best = select_best_run(result)
+    sections = _sections(result, best, _file_names(result))
+    figures = [block for section in sections for block in section.blocks if isinstance(block, Figure)]
+    if figures:
+        (output / FIGURES_DIR).mkdir(exist_ok=True)
+    for figure in figures:
+        (output / figure_path(figure)).write_bytes(figure.png)
+
+    write_json_atomic(output / REPORT_JSON, _json_payload(result, best, [figure_path(f) for f in figures]))
+    _write_csv_files(result, output)
     if best is not None:
         write_json_atomic(output / BEST_FILE, best)
+    elif (output / BEST_FILE).exists():
+        stale = output / f"{BEST_FILE}.stale"
+        logger.warning("no run was evaluated; renaming the earlier %s to %s so that serving does not use it",
+                       output / BEST_FILE, stale)
+        (output / BEST_FILE).replace(stale)
+
+    title, preamble = _title(result), _preamble(result)
+    _write_text_atomic(output / REPORT_HTML, render_html_document(title, sections, preamble=preamble))
     markdown = output / REPORT_MARKDOWN
-    markdown.write_text(render_markdown(result, test_metrics=test_metrics))
-    logger.info("report written to %s", markdown)
+    _write_text_atomic(markdown, render_markdown_document(title, sections, preamble=preamble))
+    logger.info("report written to %s and %s", markdown, output / REPORT_HTML)
     return markdown

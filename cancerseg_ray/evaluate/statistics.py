@@ -20,9 +20,9 @@ and the columns ``variant``, ``seed`` and one column per metric. Each
 metric value is NaN, is excluded from the pair and listed in
 ``excluded_seeds``.
 
-p-values are not adjusted for multiple comparisons. With many variants and
-metrics, apply a correction such as Holm-Bonferroni before reading them as
-significant.
+The tests return unadjusted p-values. With many variants and metrics, adjust
+one family of them with :func:`holm_adjust` (Holm-Bonferroni) before reading
+them as significant; the evaluation report shows both.
 """
 
 from __future__ import annotations
@@ -404,9 +404,16 @@ def wilcoxon_signed_rank(
 
 
 def _unpaired_result(
-    runs: pd.DataFrame, *, metric: str, variant_a: str, variant_b: str, error: UnpairedRunsError
+    runs: pd.DataFrame,
+    *,
+    metric: str,
+    variant_a: str,
+    variant_b: str,
+    error: UnpairedRunsError,
+    test: str = T_TEST_NAME,
+    assumption: str = T_TEST_ASSUMPTION,
 ) -> PairedTestResult:
-    """Build a placeholder t-test result for two variants whose runs cannot be paired."""
+    """Build a placeholder result for two variants whose runs cannot be paired."""
     values_a, _ = _seed_values(runs, variant_a, metric)
     values_b, _ = _seed_values(runs, variant_b, metric)
     paired = sorted(set(values_a.index) & set(values_b.index))
@@ -424,17 +431,21 @@ def _unpaired_result(
         ),
         statistic=math.nan,
         p_value=math.nan,
-        test=T_TEST_NAME,
-        assumption=T_TEST_ASSUMPTION,
+        test=test,
+        assumption=assumption,
         excluded_seeds=excluded,
         note=f"Not tested. {error}",
     )
 
 
 def compare_variants(
-    runs: pd.DataFrame, *, metrics: Sequence[str], variants: Sequence[str] | None = None
+    runs: pd.DataFrame,
+    *,
+    metrics: Sequence[str],
+    variants: Sequence[str] | None = None,
+    test: Callable[..., PairedTestResult] | None = None,
 ) -> list[PairedTestResult]:
-    """Run a paired t-test for every unordered pair of variants and every metric.
+    """Run a paired test for every unordered pair of variants and every metric.
 
     A pair of variants that shares fewer than two seeds does not stop the
     report: its result has ``statistic`` and ``p_value`` NaN, ``n`` the number
@@ -448,6 +459,8 @@ def compare_variants(
         variants: Variants to compare, in the order used for ``variant_a`` and
             ``variant_b``. ``None`` takes every variant in ``runs`` in order of
             first appearance.
+        test: :func:`paired_t_test` (the default when ``None``) or
+            :func:`wilcoxon_signed_rank`.
 
     Returns:
         Results ordered by variant pair, then by metric. An empty list when
@@ -455,7 +468,8 @@ def compare_variants(
 
     Raises:
         ValueError: If a column is missing or not numeric, a (variant, seed)
-            pair occurs twice, or a requested variant has no runs.
+            pair occurs twice, a requested variant has no runs, or ``test`` is
+            another function.
     """
     _validate_runs(runs, metrics)
     known = list(pd.unique(runs[VARIANT_COLUMN]))
@@ -470,20 +484,59 @@ def compare_variants(
         logger.warning("compare_variants needs at least two variants, got %s", list(variants))
         return []
 
+    details = {
+        paired_t_test: (T_TEST_NAME, T_TEST_ASSUMPTION),
+        wilcoxon_signed_rank: (WILCOXON_NAME, WILCOXON_ASSUMPTION),
+    }
+    test = paired_t_test if test is None else test
+    if test not in details:
+        raise ValueError(
+            f"test must be paired_t_test or wilcoxon_signed_rank, got {getattr(test, '__name__', test)!r}"
+        )
+    test_name, assumption = details[test]
+
     results = []
     for variant_a, variant_b in itertools.combinations(variants, 2):
         for metric in metrics:
             try:
-                result = paired_t_test(
-                    runs, metric=metric, variant_a=variant_a, variant_b=variant_b
-                )
+                result = test(runs, metric=metric, variant_a=variant_a, variant_b=variant_b)
             except UnpairedRunsError as error:
-                logger.warning("Skipped the paired t-test: %s", error)
+                logger.warning("Skipped the %s: %s", test_name, error)
                 result = _unpaired_result(
-                    runs, metric=metric, variant_a=variant_a, variant_b=variant_b, error=error
+                    runs,
+                    metric=metric,
+                    variant_a=variant_a,
+                    variant_b=variant_b,
+                    error=error,
+                    test=test_name,
+                    assumption=assumption,
                 )
             results.append(result)
     return results
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Adjust a family of p-values for multiple comparisons with the Holm-Bonferroni method.
+
+    The i-th smallest of ``m`` p-values is multiplied by ``m - i + 1`` (i from
+    1), a running maximum keeps the order, and values are capped at 1. NaN
+    p-values (tests that did not run) stay NaN and do not count in ``m``.
+
+    Args:
+        p_values: Unadjusted p-values of one family of tests.
+
+    Returns:
+        The adjusted p-values in the input order.
+    """
+    values = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(values.shape, math.nan)
+    finite = np.flatnonzero(np.isfinite(values))
+    count = finite.size
+    running_max = 0.0
+    for rank, index in enumerate(finite[np.argsort(values[finite], kind="stable")]):
+        running_max = max(running_max, min(1.0, (count - rank) * values[index]))
+        adjusted[index] = running_max
+    return [float(value) for value in adjusted]
 
 
 def _validate_bootstrap_inputs(

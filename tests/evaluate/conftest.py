@@ -1,10 +1,12 @@
 """Shared helpers for the evaluation tests."""
 
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import jaccard_score, precision_recall_fscore_support
 
 from cancerseg_ray.metrics import confusion_matrix
 
@@ -54,3 +56,23 @@ def simulate_slide_matrices(
 def slide_matrices() -> Callable[..., list[np.ndarray]]:
     """Return :func:`simulate_slide_matrices`."""
     return simulate_slide_matrices
+
+
+def sklearn_scores_from_confusion(cm: np.ndarray) -> dict[str, float]:
+    """Score a confusion matrix with scikit-learn by expanding it into weighted (truth, prediction) pairs."""
+    truth, predicted = np.indices(cm.shape)
+    weights = cm.ravel()
+    kept = weights > 0
+    labels = sorted(set(truth.ravel()[kept]) | set(predicted.ravel()[kept]))
+    arguments = {"y_true": truth.ravel()[kept], "y_pred": predicted.ravel()[kept], "sample_weight": weights[kept],
+                 "labels": labels, "zero_division": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = {}
+        for average in ("macro", "weighted", "micro"):
+            precision, recall, f1, _ = precision_recall_fscore_support(**arguments, average=average)
+            scores.update({f"precision_{average}": precision, f"recall_{average}": recall, f"f1_{average}": f1})
+        scores["miou"] = jaccard_score(**arguments, average="macro")
+        scores["fwiou"] = jaccard_score(**arguments, average="weighted")
+    scores["pixel_accuracy"] = np.trace(cm) / cm.sum()
+    return scores

@@ -447,3 +447,44 @@ def test_torch_stays_on_cuda():
     assert result.device.type == "cuda"
     assert result.dtype == torch.int64
     np.testing.assert_array_equal(result.cpu().numpy(), [[1, 0], [1, 1]])
+
+
+# Known matrices and an independent set-based computation
+
+
+def test_three_class_known_fwiou_and_miou():
+    # Ground truth: 10 stroma, 5 tumour, 5 necrosis pixels.
+    cm = np.array([[8, 2, 0], [1, 4, 0], [0, 1, 4]])
+
+    metrics = compute_metrics(cm, ["stroma", "tumour", "necrosis"])
+
+    iou = [8 / 11, 4 / 8, 4 / 5]
+    assert metrics.iou == pytest.approx(iou)
+    assert metrics.miou == pytest.approx(sum(iou) / 3)
+    assert metrics.fwiou == pytest.approx(0.5 * iou[0] + 0.25 * iou[1] + 0.25 * iou[2])
+    assert metrics.dice == pytest.approx([16 / 19, 8 / 12, 8 / 9])
+    assert metrics.pixel_accuracy == pytest.approx(16 / 20)
+
+
+@PROPERTY_SETTINGS
+@given(label_arrays())
+def test_iou_matches_set_definition(arrays):
+    target, prediction, num_classes = arrays
+    names = [f"class_{index}" for index in range(num_classes)]
+
+    metrics = compute_metrics(confusion_matrix(target, prediction, num_classes=num_classes), names)
+
+    # Jaccard index of the pixel sets {target == c} and {prediction == c}, with no confusion matrix.
+    ious, weights = [], []
+    for index in range(num_classes):
+        truth = target == index
+        predicted = prediction == index
+        union = np.logical_or(truth, predicted).sum()
+        if union == 0:
+            assert math.isnan(metrics.iou[index])
+            continue
+        ious.append(np.logical_and(truth, predicted).sum() / union)
+        weights.append(truth.sum() / target.size)
+        assert metrics.iou[index] == pytest.approx(ious[-1])
+    assert metrics.miou == pytest.approx(np.mean(ious))
+    assert metrics.fwiou == pytest.approx(np.dot(weights, ious))

@@ -10,16 +10,17 @@ import pytest
 import scipy.stats
 
 from cancerseg_ray.errors import CancerSegError
-from cancerseg_ray.metrics import compute_metrics
 from cancerseg_ray.evaluate.statistics import (
     PairedTestResult,
     UnpairedRunsError,
     bootstrap_difference_ci,
     compare_variants,
+    holm_adjust,
     paired_t_test,
     summarise_over_seeds,
     wilcoxon_signed_rank,
 )
+from cancerseg_ray.metrics import compute_metrics
 
 CLASS_NAMES = ["background", "tumour", "stroma", "necrosis", "lymphocytes"]
 
@@ -561,3 +562,60 @@ def test_bootstrap_default_size_is_fast(slide_matrices):
 
     # About 0.4 s on a 2-core CPU machine, and the bound leaves room for slow CI runners.
     assert elapsed < 5.0
+
+
+def test_compare_variants_runs_wilcoxon(make_runs):
+    runs = make_runs({"baseline": BASELINE, "attention": ATTENTION})
+
+    (result,) = compare_variants(runs, metrics=["miou"], test=wilcoxon_signed_rank)
+
+    expected = scipy.stats.wilcoxon(list(BASELINE.values()), list(ATTENTION.values()))
+    assert result.test == "Wilcoxon signed-rank test"
+    assert result.p_value == pytest.approx(expected.pvalue)
+    assert result.statistic == pytest.approx(expected.statistic)
+
+
+def test_compare_variants_wilcoxon_unpaired_named(make_runs):
+    runs = make_runs({"baseline": BASELINE, "lonely": {0: 0.5, 9: 0.4}})
+
+    (result,) = compare_variants(runs, metrics=["miou"], test=wilcoxon_signed_rank)
+
+    assert result.test == "Wilcoxon signed-rank test"
+    assert math.isnan(result.p_value)
+    assert result.note.startswith("Not tested.")
+    assert result.excluded_seeds == [1, 2, 3, 4, 9]
+
+
+def test_compare_variants_rejects_other_test(make_runs):
+    runs = make_runs({"baseline": BASELINE, "attention": ATTENTION})
+
+    with pytest.raises(ValueError, match="paired_t_test or wilcoxon_signed_rank"):
+        compare_variants(runs, metrics=["miou"], test=scipy.stats.ttest_rel)
+
+
+# holm_adjust
+
+
+def test_holm_known_values():
+    # Sorted p = 0.01, 0.02, 0.03, 0.04 times 4, 3, 2, 1 = 0.04, 0.06, 0.06, 0.04,
+    # and the running maximum makes the last one 0.06.
+    adjusted = holm_adjust([0.03, 0.01, 0.04, 0.02])
+
+    assert adjusted == pytest.approx([0.06, 0.04, 0.06, 0.06])
+
+
+def test_holm_caps_at_one_and_keeps_nan():
+    adjusted = holm_adjust([0.5, math.nan, 0.9])
+
+    assert adjusted[0] == pytest.approx(1.0)
+    assert math.isnan(adjusted[1])
+    assert adjusted[2] == pytest.approx(1.0)
+
+
+def test_holm_never_below_unadjusted():
+    p_values = np.random.default_rng(3).uniform(0, 0.2, size=20)
+
+    adjusted = holm_adjust(p_values.tolist())
+
+    assert np.all(np.array(adjusted) >= p_values)
+    assert min(adjusted) == pytest.approx(min(1.0, 20 * p_values.min()))

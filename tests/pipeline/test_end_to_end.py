@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,12 +17,20 @@ from cancerseg_ray.data.schema import Column
 from cancerseg_ray.evaluate.config import EvaluateConfig
 from cancerseg_ray.evaluate.job import evaluate_and_report, run_evaluation
 from cancerseg_ray.evaluate.predict import ConfusionPredictor, ownership_windows, predict_confusion
+from cancerseg_ray.evaluate.qualitative import select_panel_tiles
+from cancerseg_ray.evaluate.sections import SECTION_TITLES
 from cancerseg_ray.io.images import decode_png
 from cancerseg_ray.metrics import confusion_matrix
-from cancerseg_ray.train.checkpoint import REQUIRED_KEYS, load_checkpoint, load_model, save_checkpoint
+from cancerseg_ray.train.checkpoint import (
+    REQUIRED_KEYS,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from cancerseg_ray.train.config import TrainGridConfig
 from cancerseg_ray.train.grid import load_run_records, run_training_grid
 from tests.conftest import GLAS_LABEL_MAP, GLAS_SUBSET, copy_glas
+from tests.evaluate.conftest import sklearn_scores_from_confusion
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -72,22 +81,72 @@ def test_checkpoint_holds_everything_to_reload(trained):
         assert model(torch.zeros(1, 3, 128, 128)).shape == (1, 2, 128, 128)
 
 
+def _runs_with_extra_seed(records, destination):
+    """Link the trained runs into a new runs folder and add a seed 1 of the first variant only."""
+    for record in records:
+        folder = destination / record.variant / "seed0"
+        folder.mkdir(parents=True)
+        for name in ("run.json", "history.csv"):
+            shutil.copyfile(record.directory / name, folder / name)
+        (folder / "best.pt").symlink_to(record.best_checkpoint)
+    extra = destination / VARIANTS[0] / "seed1"
+    shutil.copytree(destination / VARIANTS[0] / "seed0", extra, symlinks=True)
+    run = json.loads((extra / "run.json").read_text())
+    run.update(seed=1, run_name=run["run_name"].replace("seed0", "seed1"))
+    (extra / "run.json").write_text(json.dumps(run))
+    return destination
+
+
 def test_evaluation_report_has_every_section(trained, tmp_path):
-    shards, runs, _ = trained
-    report = evaluate_and_report(EvaluateConfig(shards_dir=shards, runs_dir=runs, output_dir=tmp_path, batch_size=4))
+    shards, _, records = trained
+    # The baseline has seeds 0 and 1 and the proposed model only seed 0, so seed 1 cannot be paired.
+    runs = _runs_with_extra_seed(records, tmp_path / "runs")
+    output = tmp_path / "report"
+    report = evaluate_and_report(EvaluateConfig(shards_dir=shards, runs_dir=runs, output_dir=output, batch_size=4,
+                                                bootstrap_resamples=200, panel_tiles=2))
     text = report.read_text()
-    for heading in ["## Per run", "## Per-class IoU", "## Mean and standard deviation over seeds",
-                    "## Paired t-tests between variants"]:
-        assert heading in text
+    html = (output / "report.html").read_text()
+    for title in SECTION_TITLES.values():
+        assert f"## {title}" in text, title
+        assert f"<h2>{title}</h2>" in html, title
     assert "majority_class_baseline" in text
-    payload = json.loads((tmp_path / "report.json").read_text())
-    assert {run["variant"] for run in payload["runs"]} == set(VARIANTS)
+    assert html.count('src="data:image/png;base64,') == 5
+    for name in ["runs.csv", "summary.csv", "per_class.csv", "tests.csv", "bootstrap.csv"]:
+        assert (output / name).is_file(), name
+
+    payload = json.loads((output / "report.json").read_text())
+    assert {(run["variant"], run["seed"]) for run in payload["runs"]} == {(VARIANTS[0], 0), (VARIANTS[0], 1),
+                                                                          (VARIANTS[1], 0)}
     assert payload["baseline"]["headline"]["miou"] < 0.5
-    best = json.loads((tmp_path / "best.json").read_text())
+    assert set(payload["panel_runs"]) == set(VARIANTS)
+    assert len(payload["panel_tiles"]) == 2
+    # Every figure agrees with scikit-learn applied to the run's confusion matrix.
+    for run in payload["runs"]:
+        cm = np.array(run["confusion_matrix"])
+        np.testing.assert_array_equal(np.sum([np.array(m) for m in run["per_image_confusion"].values()], axis=0), cm)
+        for metric, value in sklearn_scores_from_confusion(cm).items():
+            assert run["headline"][metric] == pytest.approx(value), metric
+
+    best = json.loads((output / "best.json").read_text())
+    for key in ["checkpoint", "checkpoint_sha256", "variant", "seed", "criterion", "class_map", "mpp", "tile_size"]:
+        assert key in best, key
     assert best["variant"] in VARIANTS
     assert "validation mIoU" in best["criterion"]
-    # One seed per variant cannot be paired; the report says so instead of failing.
+    # One shared seed cannot be paired, so the report marks the tests "not tested" instead of failing.
     assert all(test["note"].startswith("Not tested.") for test in payload["paired_t_tests"])
+    assert all(test["note"].startswith("Not tested.") for test in payload["wilcoxon_tests"])
+    assert f"Seeds 1 of `{VARIANTS[1]}` / `{VARIANTS[0]}` have no partner run" in text
+    assert "| not tested |" in text
+
+
+def test_panel_tiles_are_chosen_deterministically(trained):
+    shards, _, _ = trained
+    chosen = select_panel_tiles(shards, "test", count=3)
+    assert chosen == select_panel_tiles(shards, "test", count=3)
+    images = sorted({row[Column.IMAGE_ID] for row in pq.read_table(sorted((shards / "test").glob("*.parquet")),
+                                                                   columns=[Column.IMAGE_ID]).to_pylist()})
+    assert len(chosen) == 3
+    assert len({image_id for image_id, _, _ in chosen[:len(images)]}) == min(3, len(images))
 
 
 def _stitched_confusion(shards, checkpoint, num_classes):
@@ -158,7 +217,8 @@ def test_mismatched_class_map_is_left_out_of_report(trained, tmp_path):
     original = records[1].best_checkpoint.read_bytes()
     try:
         records[1].best_checkpoint.write_bytes((tmp_path / "checkpoint.pt").read_bytes())
-        result = run_evaluation(EvaluateConfig(shards_dir=shards, runs_dir=runs, output_dir=tmp_path / "r"))
+        result = run_evaluation(EvaluateConfig(shards_dir=shards, runs_dir=runs, output_dir=tmp_path / "r",
+                                               panel_tiles=0))
     finally:
         records[1].best_checkpoint.write_bytes(original)
     assert [run["variant"] for run in result.runs] == ["deeplabv3plus_resnet50"]
@@ -171,7 +231,8 @@ def test_missing_checkpoint_is_left_out_of_report(trained, tmp_path):
     moved = tmp_path / "moved.pt"
     records[0].best_checkpoint.rename(moved)
     try:
-        result = run_evaluation(EvaluateConfig(shards_dir=shards, runs_dir=runs, output_dir=tmp_path / "r"))
+        result = run_evaluation(EvaluateConfig(shards_dir=shards, runs_dir=runs, output_dir=tmp_path / "r",
+                                               panel_tiles=0))
     finally:
         moved.rename(records[0].best_checkpoint)
     assert [run["variant"] for run in result.runs] == ["cancerseg_xa"]
