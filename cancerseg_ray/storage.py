@@ -1,0 +1,384 @@
+"""Local paths and object-store URIs behind one pyarrow filesystem interface.
+
+A location is a local path, a ``file://`` URI, or an object-store URI:
+``s3://bucket/prefix`` (Amazon S3 or an S3-compatible server) or
+``gs://bucket/prefix`` (Google Cloud Storage). ``resolve`` turns it into a
+``pyarrow.fs.FileSystem`` and the path inside it, and the helpers below copy
+files and folders, read and write JSON and Parquet, and build the
+``storage_path`` / ``storage_filesystem`` pair of Ray Train's ``RunConfig``.
+
+Credentials come from the environment, as pyarrow's filesystems read them:
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, ``~/.aws/credentials`` or
+the instance role on AWS, and application default credentials on GCP. S3
+options can ride in the URI's query, for example
+``s3://bucket/runs?region=eu-west-1`` or, for an S3-compatible server,
+``s3://bucket/runs?endpoint_override=minio.internal:9000&scheme=http``.
+pyarrow 26 also reads the endpoint from ``AWS_ENDPOINT_URL``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from cancerseg_ray.errors import CancerSegError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+REMOTE_SCHEMES = ("s3", "gs", "gcs")
+"""URI schemes of object stores; ``gcs`` is pyarrow's alias of ``gs``."""
+
+LOCAL_SCHEME = "file"
+
+Location = str | os.PathLike[str]
+"""A local path, a ``file://`` URI or an object-store URI."""
+
+
+class InvalidURIError(ConfigError):
+    """A storage location has an unsupported scheme or is malformed."""
+
+
+class StorageError(CancerSegError, OSError):
+    """Reading from or writing to a storage location failed."""
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """A bucket, object or local file does not exist."""
+
+
+@dataclass(frozen=True)
+class RayTrainStorage:
+    """Arguments of Ray Train's ``RunConfig`` that place checkpoints and results at a location.
+
+    For a local location ``storage_filesystem`` is ``None`` and Ray writes to
+    the local path. For an object store it is the pyarrow filesystem carrying the
+    URI's options and credentials, and ``storage_path`` is ``bucket/prefix``
+    without the scheme, as Ray expects when a filesystem is given.
+    """
+
+    storage_path: str
+    storage_filesystem: pafs.FileSystem | None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Return the keyword arguments for ``ray.train.RunConfig``."""
+        return {"storage_path": self.storage_path, "storage_filesystem": self.storage_filesystem}
+
+
+_SECRET_OPTION = re.compile(r"((?:secret_key|session_token|access_key)=)[^&]*", flags=re.IGNORECASE)
+
+
+def _display(location: Location) -> str:
+    """Return ``location`` as text with credentials in its query replaced by ``***``, for messages and logs."""
+    return _SECRET_OPTION.sub(r"\1***", str(location))
+
+
+def _scheme(location: Location) -> str:
+    """Return the lower-case URI scheme of ``location``, or ``""`` for a plain path."""
+    if isinstance(location, os.PathLike):
+        return ""
+    text = str(location)
+    if "://" not in text:
+        return ""
+    return text.split("://", 1)[0].lower()
+
+
+def is_remote(location: Location) -> bool:
+    """Tell whether ``location`` is an object-store URI (``s3://``, ``gs://``).
+
+    Raises:
+        InvalidURIError: If the location has a scheme this module does not support.
+    """
+    scheme = _scheme(location)
+    _check_scheme(location, scheme)
+    return scheme in REMOTE_SCHEMES
+
+
+def _check_scheme(location: Location, scheme: str) -> None:
+    if scheme and scheme != LOCAL_SCHEME and scheme not in REMOTE_SCHEMES:
+        raise InvalidURIError(
+            f"unsupported storage location {_display(location)!r}: scheme {scheme!r} is not one of s3://, gs://, "
+            "file:// or a local path; copy the data to one of these"
+        )
+
+
+def _local_path(location: Location) -> Path:
+    if _scheme(location) != LOCAL_SCHEME:
+        return Path(location).expanduser().resolve()
+    parts = urlsplit(str(location))
+    if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+        raise InvalidURIError(
+            f"invalid file URI {_display(location)!r}: a file URI names an absolute path on this machine, "
+            "as in file:///data/shards"
+        )
+    if parts.query:
+        raise InvalidURIError(f"invalid file URI {_display(location)!r}: file URIs take no query options")
+    return Path(unquote(parts.path)).resolve()
+
+
+def resolve(location: Location, *, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
+    """Return the pyarrow filesystem of ``location`` and the path inside it.
+
+    Args:
+        location: A local path, a ``file://`` URI, or an ``s3://`` / ``gs://`` URI.
+            An object-store URI may carry pyarrow's options in its query
+            (``region``, ``endpoint_override``, ``scheme``, ...).
+        filesystem: A filesystem to use for an object-store URI instead of one
+            built from the URI, for example an ``S3FileSystem`` with explicit
+            credentials. Its URI must then have no query.
+
+    Returns:
+        The filesystem and the path in it: an absolute path for a local
+        location, ``bucket/key`` for an object store.
+
+    Raises:
+        InvalidURIError: If the scheme is unsupported, the URI has no bucket, or its options are invalid.
+        StorageError: If pyarrow cannot build the filesystem (for example, no
+            region could be found for the bucket).
+    """
+    scheme = _scheme(location)
+    _check_scheme(location, scheme)
+    if scheme not in REMOTE_SCHEMES:
+        return pafs.LocalFileSystem(), str(_local_path(location))
+
+    text = str(location)
+    parts = urlsplit(text)
+    if not parts.netloc:
+        raise InvalidURIError(f"invalid storage URI {_display(text)!r}: it names no bucket, as in {scheme}://my-bucket/shards")
+    if filesystem is not None:
+        if parts.query:
+            raise InvalidURIError(
+                f"storage URI {_display(text)!r} has query options and an explicit filesystem was given; use one or the other"
+            )
+        return filesystem, f"{parts.netloc}{unquote(parts.path)}".rstrip("/")
+    try:
+        built, path = pafs.FileSystem.from_uri(text)
+    except pa.ArrowInvalid as error:
+        raise InvalidURIError(f"invalid storage URI {_display(text)!r}: {error}") from error
+    except OSError as error:
+        raise StorageError(
+            f"failed to open the object store of {_display(text)!r}: {error}; check the credentials and add ?region=... "
+            "to the URI if the bucket's region cannot be looked up"
+        ) from error
+    return built, path.rstrip("/")
+
+
+def join(location: Location, *parts: str) -> str:
+    """Append path segments to a location, keeping a URI's scheme and query options.
+
+    Raises:
+        InvalidURIError: If a segment is empty, absolute or ``..``.
+    """
+    for part in parts:
+        if not part or part.startswith("/") or ".." in part.split("/"):
+            raise InvalidURIError(f"invalid path segment {part!r} for {_display(location)!r}: use a relative name")
+    if not _scheme(location):
+        return str(Path(location).joinpath(*parts))
+    text = str(location)
+    base, separator, query = text.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + (f"?{query}" if separator else "")
+
+
+def ray_train_storage(location: Location, *, filesystem: pafs.FileSystem | None = None) -> RayTrainStorage:
+    """Build the ``storage_path`` and ``storage_filesystem`` of Ray Train's ``RunConfig`` for a location.
+
+    Every node of a multi-node cluster must reach the location: an object
+    store, or a shared file system mounted at the same path on every node.
+    """
+    scheme = _scheme(location)
+    _check_scheme(location, scheme)
+    if scheme not in REMOTE_SCHEMES:
+        return RayTrainStorage(str(_local_path(location)), None)
+    resolved, path = resolve(location, filesystem=filesystem)
+    return RayTrainStorage(path, resolved)
+
+
+def _bucket_missing(filesystem: pafs.FileSystem, path: str) -> str | None:
+    """Return the bucket of ``path`` if it does not exist on an object store, else ``None``."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return None
+    bucket = path.split("/", 1)[0]
+    try:
+        missing = filesystem.get_file_info(bucket).type == pafs.FileType.NotFound
+    except OSError:
+        return None
+    return bucket if missing else None
+
+
+@contextmanager
+def _storage_errors(location: Location, action: str, filesystem: pafs.FileSystem, path: str) -> Iterator[None]:
+    """Turn pyarrow's ``OSError`` into errors that name the location and what to do."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError as error:
+        raise StorageNotFoundError(f"failed to {action} {_display(location)!r}: not found ({error})") from error
+    except OSError as error:
+        bucket = _bucket_missing(filesystem, path)
+        if bucket is not None:
+            raise StorageNotFoundError(
+                f"failed to {action} {_display(location)!r}: bucket {bucket!r} does not exist; create it or correct the URI"
+            ) from error
+        raise StorageError(
+            f"failed to {action} {_display(location)!r}: {error}; check the URI, the network and the credentials"
+        ) from error
+
+
+def check_bucket(location: Location, *, filesystem: pafs.FileSystem | None = None) -> None:
+    """Raise early if the bucket of an object-store location does not exist; do nothing for local paths.
+
+    Raises:
+        StorageNotFoundError: If the bucket does not exist.
+        StorageError: If the object store cannot be reached.
+    """
+    if not is_remote(location):
+        return
+    resolved, path = resolve(location, filesystem=filesystem)
+    bucket = path.split("/", 1)[0]
+    with _storage_errors(location, "reach the bucket of", resolved, path):
+        info = resolved.get_file_info(bucket)
+    if info.type == pafs.FileType.NotFound:
+        raise StorageNotFoundError(
+            f"bucket {bucket!r} of {_display(location)!r} does not exist; create it or correct the URI"
+        )
+
+
+def exists(location: Location, *, filesystem: pafs.FileSystem | None = None) -> bool:
+    """Tell whether a file or folder (an object or a prefix with objects) exists at ``location``."""
+    resolved, path = resolve(location, filesystem=filesystem)
+    with _storage_errors(location, "look up", resolved, path):
+        return resolved.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def list_files(location: Location, *, suffix: str = "", filesystem: pafs.FileSystem | None = None) -> list[str]:
+    """List the files below a folder or prefix, recursively, as paths relative to it, sorted.
+
+    Raises:
+        StorageNotFoundError: If the folder or its bucket does not exist.
+    """
+    resolved, path = resolve(location, filesystem=filesystem)
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=False)
+    with _storage_errors(location, "list", resolved, path):
+        infos = resolved.get_file_info(selector)
+    prefix = path.rstrip("/") + "/"
+    return sorted(
+        info.path[len(prefix):] for info in infos
+        if info.type == pafs.FileType.File and info.path.endswith(suffix)
+    )
+
+
+def _make_parent(filesystem: pafs.FileSystem, path: str) -> None:
+    # Object stores have no folders; a local file needs its parent folder first.
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        filesystem.create_dir(str(Path(path).parent), recursive=True)
+
+
+def write_bytes(location: Location, data: bytes, *, filesystem: pafs.FileSystem | None = None) -> None:
+    """Write ``data`` to a file or object, replacing it.
+
+    A local file is written to a temporary name and then renamed, so readers
+    never see half a file. An object-store upload becomes visible only once complete.
+    """
+    resolved, path = resolve(location, filesystem=filesystem)
+    with _storage_errors(location, "write", resolved, path):
+        _make_parent(resolved, path)
+        target = f"{path}.tmp-{uuid.uuid4().hex}" if isinstance(resolved, pafs.LocalFileSystem) else path
+        with resolved.open_output_stream(target) as stream:
+            stream.write(data)
+        if target != path:
+            resolved.move(target, path)
+
+
+def read_bytes(location: Location, *, filesystem: pafs.FileSystem | None = None) -> bytes:
+    """Read a whole file or object."""
+    resolved, path = resolve(location, filesystem=filesystem)
+    with _storage_errors(location, "read", resolved, path), resolved.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_json(location: Location, data: Any, *, filesystem: pafs.FileSystem | None = None) -> None:
+    """Write ``data`` as indented UTF-8 JSON."""
+    write_bytes(location, json.dumps(data, indent=2).encode("utf-8"), filesystem=filesystem)
+
+
+def read_json(location: Location, *, filesystem: pafs.FileSystem | None = None) -> Any:
+    """Read a JSON file or object.
+
+    Raises:
+        StorageError: If the content is not valid JSON.
+    """
+    data = read_bytes(location, filesystem=filesystem)
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as error:
+        raise StorageError(f"{_display(location)!r} is not valid JSON: {error}") from error
+
+
+def write_parquet(table: pa.Table, location: Location, *, filesystem: pafs.FileSystem | None = None) -> None:
+    """Write an Arrow table as one Parquet file."""
+    resolved, path = resolve(location, filesystem=filesystem)
+    with _storage_errors(location, "write", resolved, path):
+        _make_parent(resolved, path)
+        pq.write_table(table, path, filesystem=resolved)
+
+
+def read_parquet(
+    location: Location, *, columns: list[str] | None = None, filesystem: pafs.FileSystem | None = None
+) -> pa.Table:
+    """Read a Parquet file, or every Parquet file below a folder or prefix, into one Arrow table."""
+    resolved, path = resolve(location, filesystem=filesystem)
+    with _storage_errors(location, "read", resolved, path):
+        return pq.read_table(path, columns=columns, filesystem=resolved)
+
+
+def upload(source: str | Path, location: Location, *, filesystem: pafs.FileSystem | None = None) -> None:
+    """Copy a local file, or a local folder with everything below it, to ``location``.
+
+    Raises:
+        StorageNotFoundError: If ``source`` or the target bucket does not exist.
+    """
+    source = Path(source).resolve()
+    if not source.exists():
+        raise StorageNotFoundError(f"failed to upload {source}: no such file or folder")
+    resolved, path = resolve(location, filesystem=filesystem)
+    with _storage_errors(location, "write", resolved, path):
+        if source.is_file():
+            _make_parent(resolved, path)
+        elif isinstance(resolved, pafs.LocalFileSystem):
+            resolved.create_dir(path, recursive=True)
+        pafs.copy_files(str(source), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=resolved)
+    logger.info("copied %s to %s", source, _display(location))
+
+
+def download(location: Location, target: str | Path, *, filesystem: pafs.FileSystem | None = None) -> Path:
+    """Copy a file, or a folder or prefix with everything below it, from ``location`` to a local path.
+
+    Returns:
+        The local path written.
+
+    Raises:
+        StorageNotFoundError: If nothing exists at ``location``.
+    """
+    resolved, path = resolve(location, filesystem=filesystem)
+    target = Path(target).resolve()
+    with _storage_errors(location, "read", resolved, path):
+        kind = resolved.get_file_info(path).type
+        if kind == pafs.FileType.NotFound:
+            raise StorageNotFoundError(f"failed to read {_display(location)!r}: no file or folder there")
+        (target if kind == pafs.FileType.Directory else target.parent).mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(path, str(target), source_filesystem=resolved, destination_filesystem=pafs.LocalFileSystem())
+    logger.info("copied %s to %s", _display(location), target)
+    return target
