@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: install demo test test-fast lint schemas benchmarks clean
+.PHONY: install demo test test-fast lint schemas serve benchmarks clean
 
 install: $(STAMP)
 
@@ -34,9 +34,15 @@ lint: install
 
 schemas: install
 	$(BIN)/python -m cancerseg_ray.schemas_export schemas
+	$(BIN)/python -m cancerseg_ray.serve.openapi schemas/openapi.json
+
+serve: install
+	$(BIN)/python jobs/serve_app.py --config configs/serve/local.yaml
 
 benchmarks: install
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/ingest_benchmark.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/serve_load.py --requests 500 --concurrency 16 --tile-size 64
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

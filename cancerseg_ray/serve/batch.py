@@ -1,0 +1,208 @@
+"""Offline scoring of many slides with Ray Data model actors.
+
+One dataset row is one slide. ``map_batches`` sends the rows to a pool of
+``SlideScorer`` actors, each of which loads the model once and scores whole
+slides with ``score_slide``: the tile reads of a slide overlap with its
+predictions on the actor, and actors work on different slides in parallel.
+A slide whose folder already holds a ``result.json`` from the same
+checkpoint and settings is skipped, and a slide that fails is reported in
+the summary while the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+from pydantic import BaseModel
+
+from cancerseg_ray.errors import CancerSegError, ConfigError
+from cancerseg_ray.serve.config import BatchScoreConfig, ScoringConfig
+from cancerseg_ray.serve.inference import score_slide
+from cancerseg_ray.serve.outputs import SlideScore, read_slide_score
+from cancerseg_ray.serve.predictor import ModelInfo, TilePredictor, resolve_model
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.csv"
+SCORED, SKIPPED, FAILED = "scored", "skipped", "failed"
+
+
+class SlideEntry(BaseModel):
+    """A slide to score: its id (the output folder name), file and optional resolution override."""
+
+    slide_id: str
+    path: str
+    mpp: float | None = None
+
+
+def _slide_id(relative: Path) -> str:
+    return "__".join(relative.with_suffix("").parts)
+
+
+def list_slides(config: BatchScoreConfig) -> list[SlideEntry]:
+    """List the slides of the configured folder or manifest.
+
+    Raises:
+        ConfigError: If the folder or manifest is missing, a manifest lacks a
+            ``path`` column, or two slides get the same id.
+    """
+    if config.slides_dir is not None:
+        folder = Path(config.slides_dir)
+        if not folder.is_dir():
+            raise ConfigError(f"slides_dir {folder} is not a folder")
+        suffixes = {suffix.lower() for suffix in config.slide_suffixes}
+        files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in suffixes)
+        entries = [SlideEntry(slide_id=_slide_id(path.relative_to(folder)), path=str(path.resolve()),
+                              mpp=config.mpp_override) for path in files]
+    else:
+        entries = _read_manifest(Path(config.manifest), config.mpp_override)
+    seen: dict[str, str] = {}
+    for entry in entries:
+        if entry.slide_id in seen:
+            raise ConfigError(
+                f"slides {seen[entry.slide_id]} and {entry.path} share the id {entry.slide_id!r}; "
+                "give them distinct slide_id values in a manifest"
+            )
+        seen[entry.slide_id] = entry.path
+    return entries
+
+
+def _read_manifest(path: Path, mpp_override: float | None) -> list[SlideEntry]:
+    if not path.is_file():
+        raise ConfigError(f"manifest {path} not found")
+    table = pd.read_csv(path)
+    if "path" not in table.columns:
+        raise ConfigError(f"manifest {path} has no 'path' column; its columns are {list(table.columns)}")
+    entries = []
+    for row in table.itertuples(index=False):
+        slide_path = Path(str(row.path))
+        if not slide_path.is_absolute():
+            slide_path = path.parent / slide_path
+        slide_id = str(getattr(row, "slide_id", "") or "") or slide_path.stem
+        mpp = getattr(row, "mpp", None)
+        mpp = mpp_override if mpp is None or (isinstance(mpp, float) and math.isnan(mpp)) else float(mpp)
+        entries.append(SlideEntry(slide_id=slide_id, path=str(slide_path.resolve()), mpp=mpp))
+    return entries
+
+
+def summary_row(entry: SlideEntry, status: str, *, score: SlideScore | None = None, error: str = "",
+                seconds: float = 0.0) -> dict[str, Any]:
+    """Build one summary row; per-class columns are ``<class>_area_um2`` and ``<class>_fraction``."""
+    row: dict[str, Any] = {"slide_id": entry.slide_id, "path": entry.path, "status": status, "error": error,
+                           "seconds": round(seconds, 2)}
+    if score is not None:
+        row.update(tiles_scored=score.tiles_scored, tissue_area_um2=score.tissue_area_um2)
+        for area in score.areas:
+            row[f"{area.class_name}_area_um2"] = area.area_um2
+            row[f"{area.class_name}_fraction"] = area.fraction_of_tissue
+    return row
+
+
+class SlideScorer:
+    """Ray Data actor: loads the model once, then scores one slide per row.
+
+    Args:
+        info: Metadata of the model to load.
+        scoring: Tiling, blending and output settings.
+        output_dir: Folder that receives one subfolder per slide.
+        use_gpu: Predict on the actor's GPU.
+    """
+
+    def __init__(self, *, info: ModelInfo, scoring: ScoringConfig, output_dir: str, use_gpu: bool) -> None:
+        self.info = info
+        self.scoring = scoring
+        self.output_dir = Path(output_dir)
+        self.predictor = TilePredictor(info, device="cuda" if use_gpu else "cpu")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = []
+        for slide_id, path, mpp in zip(batch["slide_id"], batch["path"], batch["mpp"], strict=True):
+            entry = SlideEntry(slide_id=str(slide_id), path=str(path), mpp=None if math.isnan(mpp) else float(mpp))
+            rows.append(self.score(entry))
+        # Every row carries every key, so that Ray Data builds one column per key.
+        return {key: np.array([str(row[key]) for row in rows]) for key in ("slide_id", "status", "error")}
+
+    def score(self, entry: SlideEntry) -> dict[str, Any]:
+        """Score one slide and return its status; a slide error becomes a failed status, never an exception."""
+        started = time.perf_counter()
+        try:
+            score_slide(entry.path, predict=self.predictor.predict, model=self.info, config=self.scoring,
+                        output_dir=self.output_dir / entry.slide_id, mpp_override=entry.mpp, slide_id=entry.slide_id)
+        except (CancerSegError, OSError) as error:
+            logger.error("slide %s (%s) failed after %.1f s: %s", entry.slide_id, entry.path,
+                         time.perf_counter() - started, error)
+            return {"slide_id": entry.slide_id, "status": FAILED, "error": str(error)}
+        return {"slide_id": entry.slide_id, "status": SCORED, "error": ""}
+
+
+def _already_scored(entry: SlideEntry, output_dir: Path, info: ModelInfo, scoring: ScoringConfig) -> SlideScore | None:
+    previous = read_slide_score(output_dir / entry.slide_id)
+    if previous is None:
+        return None
+    same_resolution = entry.mpp is None or math.isclose(previous.slide_mpp, entry.mpp, rel_tol=1e-6)
+    if previous.checkpoint_sha256 == info.checkpoint_sha256 and previous.scoring == scoring and same_resolution:
+        return previous
+    return None
+
+
+def score_slides(config: BatchScoreConfig) -> pd.DataFrame:
+    """Score every listed slide and write ``summary.csv`` into the output folder.
+
+    Returns:
+        The summary: one row per slide with status ``scored``, ``skipped`` or
+        ``failed``, the error of a failed slide, and per-class areas.
+
+    Raises:
+        ConfigError: If the model's resolution is unknown or the slide list is invalid.
+    """
+    info = resolve_model(config.model)
+    if info.mpp is None:
+        raise ConfigError(f"the resolution of {info.checkpoint} is unknown; set model.model_mpp to score slides")
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    entries = list_slides(config)
+
+    rows: list[dict[str, Any]] = []
+    pending: list[SlideEntry] = []
+    for entry in entries:
+        previous = _already_scored(entry, output_dir, info, config.scoring)
+        if previous is not None:
+            rows.append(summary_row(entry, SKIPPED, score=previous))
+        else:
+            pending.append(entry)
+    logger.info("%d slide(s) listed: %d already scored, %d to score", len(entries), len(rows), len(pending))
+
+    if pending:
+        items = [{"slide_id": entry.slide_id, "path": entry.path,
+                  "mpp": math.nan if entry.mpp is None else entry.mpp} for entry in pending]
+        statuses = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            SlideScorer,
+            batch_size=1,
+            concurrency=min(config.num_actors, len(items)),
+            num_cpus=config.cpus_per_actor,
+            num_gpus=1 if config.use_gpu else 0,
+            fn_constructor_kwargs={"info": info, "scoring": config.scoring, "output_dir": str(output_dir),
+                                   "use_gpu": config.use_gpu},
+        ).take_all()
+        by_id = {entry.slide_id: entry for entry in pending}
+        for status in statuses:
+            entry = by_id[status["slide_id"]]
+            score = read_slide_score(output_dir / entry.slide_id) if status["status"] == SCORED else None
+            rows.append(summary_row(entry, status["status"], score=score, error=status["error"],
+                                    seconds=score.seconds if score else 0.0))
+
+    summary = pd.DataFrame(rows).sort_values("slide_id").reset_index(drop=True)
+    summary_path = output_dir / SUMMARY_FILE
+    temporary = summary_path.with_name(f".{SUMMARY_FILE}.partial")
+    summary.to_csv(temporary, index=False)
+    temporary.replace(summary_path)
+    counts = summary["status"].value_counts().to_dict()
+    logger.info("summary written to %s: %s", summary_path, counts)
+    return summary

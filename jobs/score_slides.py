@@ -1,0 +1,60 @@
+"""Score a folder or manifest of slides with the best checkpoint on Ray Data model actors.
+
+Example:
+    python jobs/score_slides.py --config configs/serve/score_slides.yaml \
+        --slides-dir tests/data/openslide_testdata --output outputs/scores
+
+Each slide gets a folder with mask.tiff, annotations.geojson, overlay.png and
+result.json. summary.csv lists every slide as scored, skipped (finished on an
+earlier run with the same checkpoint and settings) or failed, with the error.
+The exit status is 1 when some slide failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cancerseg_ray.config import load_yaml_config
+from cancerseg_ray.errors import CancerSegError
+from cancerseg_ray.runtime import configure_logging, init_ray
+from cancerseg_ray.serve.batch import FAILED, score_slides
+from cancerseg_ray.serve.config import BatchScoreConfig
+
+logger = logging.getLogger("score_slides")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, type=Path, help="BatchScoreConfig YAML")
+    parser.add_argument("--slides-dir", type=Path, help="folder searched recursively for slides")
+    parser.add_argument("--manifest", type=Path, help="CSV with a path column and optional slide_id and mpp columns")
+    parser.add_argument("--output", type=Path, help="output folder")
+    parser.add_argument("--mpp", type=float, help="level-0 resolution of every slide in µm/px")
+    parser.add_argument("--num-actors", type=int, help="model actors scoring slides in parallel")
+    parser.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per model actor")
+    parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or an embedded Ray")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+
+    configure_logging(args.log_level)
+    try:
+        config = load_yaml_config(args.config, BatchScoreConfig, slides_dir=args.slides_dir, manifest=args.manifest,
+                                  output_dir=args.output, mpp_override=args.mpp, num_actors=args.num_actors,
+                                  use_gpu=args.use_gpu)
+        init_ray(args.address)
+        summary = score_slides(config)
+    except CancerSegError as error:
+        logger.error("%s", error)
+        return 2
+    failed = summary[summary["status"] == FAILED]
+    for row in failed.itertuples():
+        logger.error("failed: %s (%s): %s", row.slide_id, row.path, row.error)
+    logger.info("summary: %s", (config.output_dir / "summary.csv").resolve())
+    return 1 if len(failed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
