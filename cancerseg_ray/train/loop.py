@@ -116,6 +116,7 @@ def _start_mlflow(cfg: TrainRunConfig) -> Any:
     tracker = setup_mlflow(
         cfg.model_dump(mode="json"), tracking_uri=cfg.mlflow.tracking_uri,
         experiment_name=cfg.mlflow.experiment_name, run_name=cfg.run_name, rank_zero_only=True,
+        create_experiment_if_not_exists=True,
     )
     tracker.log_params({"variant": cfg.variant, "seed": cfg.seed, "epochs": cfg.epochs,
                         "batch_size": cfg.batch_size, "learning_rate": cfg.optimizer.learning_rate})
@@ -270,3 +271,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 logger.info("%s: early stop after epoch %d, no val-loss improvement for %d epochs",
                             cfg.run_name, epoch + 1, epochs_without_improvement)
             break
+    if tracker is not None:
+        tracker.end_run()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -10,9 +12,9 @@ import torch.nn.functional as F
 from cancerseg_ray.data.augment import AugmentationSettings, augment_batch, augment_tile
 from cancerseg_ray.data.loading import DatasetInfo
 from cancerseg_ray.errors import ConfigError
-from cancerseg_ray.train.config import SchedulePreset, TrainGridConfig
+from cancerseg_ray.train.config import OptimizerSettings, SchedulePreset, TrainGridConfig, TrainRunConfig
 from cancerseg_ray.train.grid import build_run_config, run_training_grid
-from cancerseg_ray.train.loop import _weighted_loss_terms, mixed_precision_context
+from cancerseg_ray.train.loop import _start_mlflow, _weighted_loss_terms, mixed_precision_context
 
 
 def make_info(name: str = "glas") -> DatasetInfo:
@@ -92,17 +94,35 @@ def test_missing_pretrained_file_is_reported(tmp_path):
         build_run_config(config, make_info(), "cancerseg_xa", 0)
 
 
-def test_mlflow_without_package_is_reported(tmp_path):
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("mlflow is installed")
-    config = TrainGridConfig(variants=["cancerseg_xa"], seeds=[0], shards_dir=tmp_path,
-                             mlflow={"enabled": True})
+def test_mlflow_without_package_is_reported(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "mlflow" else real_find_spec(name, *args))
+    config = TrainGridConfig(variants=["cancerseg_xa"], seeds=[0], shards_dir=tmp_path, mlflow={"enabled": True})
     with pytest.raises(ConfigError, match="mlflow package is not installed"):
         run_training_grid(config)
+
+
+def test_mlflow_run_logs_params_and_metrics(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    # MLflow 3 keeps its file store only behind this switch; a database store needs SQLAlchemy.
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    run = TrainRunConfig(
+        run_name="glas-cancerseg_xa-seed0", dataset_name="glas", variant="cancerseg_xa", seed=0,
+        class_names=["a", "b"], colours=["#000000", "#ffffff"], ignore_index=255, class_weights=[0.5, 0.5],
+        epochs=1, batch_size=2, optimizer=OptimizerSettings(),
+        mlflow={"enabled": True, "tracking_uri": uri, "experiment_name": "unit"},
+    )
+    tracker = _start_mlflow(run)
+    tracker.log_metrics({"val_miou": 0.25}, step=0)
+    tracker.end_run()
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["unit"])
+    assert runs["tags.mlflow.runName"].tolist() == ["glas-cancerseg_xa-seed0"]
+    assert runs["metrics.val_miou"].tolist() == [0.25]
+    assert runs["params.variant"].tolist() == ["cancerseg_xa"]
 
 
 def test_unknown_variant_lists_valid_names(tmp_path):
