@@ -9,6 +9,7 @@ Rank 0 writes a checkpoint after each epoch and reports it with the metrics.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import tempfile
 import time
@@ -49,6 +50,12 @@ def configure_worker_logging() -> None:
         package_logger.addHandler(handler)
         package_logger.setLevel(logging.INFO)
         package_logger.propagate = False
+    # Ray Train logs each report with its whole metrics dict at INFO, which buries the epoch lines.
+    # Its execution-context logger is named after its file path, not its module (Ray 2.60).
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    for name in list(logging.root.manager.loggerDict):
+        if name.endswith(os.path.join("execution", "context.py")):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def seed_everything(seed: int) -> None:
