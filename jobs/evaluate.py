@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from cancerseg_ray import storage
 from cancerseg_ray.config import load_yaml_config
 from cancerseg_ray.errors import CancerSegError
 from cancerseg_ray.evaluate.config import EvaluateConfig
@@ -24,9 +25,9 @@ logger = logging.getLogger("evaluate")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, type=Path, help="evaluation config YAML")
-    parser.add_argument("--shards", type=Path, help="shard folder written by make_shards.py")
-    parser.add_argument("--runs", type=Path, help="runs folder written by train_all.py")
-    parser.add_argument("--output", type=Path, help="report folder")
+    parser.add_argument("--shards", help="shard folder written by make_shards.py: a local path or an s3://, gs:// or file:// URI")
+    parser.add_argument("--runs", help="runs folder written by train_all.py: a local path or a URI")
+    parser.add_argument("--output", help="report folder: a local path or a URI")
     parser.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per model replica")
     parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or an embedded Ray")
     parser.add_argument("--log-level", default="INFO")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except CancerSegError as error:
         logger.error("%s", error)
         return 2
-    logger.info("report: %s", report.resolve())
+    logger.info("report: %s", storage.redact(report.resolve() if isinstance(report, Path) else report))
     return 0
 
 

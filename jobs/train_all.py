@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from cancerseg_ray import storage
 from cancerseg_ray.config import load_yaml_config
 from cancerseg_ray.errors import CancerSegError
 from cancerseg_ray.runtime import configure_logging, init_ray
@@ -28,8 +29,8 @@ logger = logging.getLogger("train_all")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, type=Path, help="training grid config YAML")
-    parser.add_argument("--shards", type=Path, help="shard folder written by make_shards.py")
-    parser.add_argument("--output", type=Path, help="folder for run records and checkpoints")
+    parser.add_argument("--shards", help="shard folder written by make_shards.py: a local path or an s3://, gs:// or file:// URI")
+    parser.add_argument("--output", help="folder for run records and checkpoints: a local path or a URI")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL backend, mixed precision")
     parser.add_argument("--num-workers", type=int, help="data-parallel workers per run")
     parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or an embedded Ray")
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", error)
         return 2
     for record in records:
-        logger.info("%s: best checkpoint %s", record.run_name, record.best_checkpoint)
+        logger.info("%s: best checkpoint %s", record.run_name, storage.redact(record.best_checkpoint))
     return 0
 
 

@@ -34,7 +34,7 @@ from cancerseg_ray.data.datasets.coco import list_coco_items, tile_coco
 from cancerseg_ray.data.datasets.pannuke import list_pannuke_items, tile_pannuke
 from cancerseg_ray.data.datasets.puma import list_puma_items
 from cancerseg_ray.data.datasets.slides import list_slide_items
-from cancerseg_ray.data.ingest import IngestResult, run_folder_ingest
+from cancerseg_ray.data.ingest import IngestResult, check_local_output, run_folder_ingest
 from cancerseg_ray.data.ingest_report import log_dataset_summary
 from cancerseg_ray.data.schema import SCHEMA_VERSION, Split
 from cancerseg_ray.data.shards import (
@@ -263,6 +263,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
         return run_folder_ingest(config.to_folder_config())
 
     started = time.perf_counter()
+    check_local_output(config.output_dir)
     root = Path(config.output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     fingerprint = settings_fingerprint(config)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -291,6 +292,25 @@ def _remove_stale_shards(root: Path, written: list[dict[str, Any]]) -> None:
                 stale.unlink()
 
 
+_COLLAPSED_URI = re.compile(r"^(s3|gs|gcs|file):/", flags=re.IGNORECASE)
+
+
+def check_local_output(output_dir: Path) -> None:
+    """Raise when an ingest output folder is an object-store URI, which ingest cannot write yet.
+
+    The config types the folder as ``Path``, which collapses ``s3://b/x`` to
+    ``s3:/b/x``. Without this check ingest would write into a local folder named ``s3:``.
+
+    Raises:
+        ConfigError: If the folder names an ``s3:``, ``gs:``, ``gcs:`` or ``file:`` location.
+    """
+    if _COLLAPSED_URI.match(str(output_dir)):
+        raise ConfigError(
+            f"ingest output {output_dir} looks like a URI; ingest writes shards to a local or shared folder only. "
+            "Write them to a local folder and upload it, for example with cancerseg_ray.storage.upload"
+        )
+
+
 def run_folder_ingest(config: FolderIngestConfig) -> IngestResult:
     """Turn a folder of images and masks into Parquet tile shards.
 
@@ -303,6 +323,7 @@ def run_folder_ingest(config: FolderIngestConfig) -> IngestResult:
         ConfigError: If the output folder contains shards made with other settings.
     """
     started = time.perf_counter()
+    check_local_output(config.output_dir)
     root = Path(config.output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     label_map = config.labels

@@ -10,8 +10,9 @@ import numpy as np
 import ray
 from pydantic import BaseModel, ConfigDict
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.schema import Column, Split
-from cancerseg_ray.data.shards import DATASET_FILE, STATS_FILE, list_shard_files, read_json
+from cancerseg_ray.data.shards import DATASET_FILE, STATS_FILE, locate_shard_files, read_json
 from cancerseg_ray.errors import InputDataError
 from cancerseg_ray.io.images import decode_png
 
@@ -26,7 +27,8 @@ class DatasetInfo(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    root: Path
+    root: Path | str
+    """The shard folder: an absolute local path, or an object-store URI kept as given."""
     dataset_name: str
     class_names: list[str]
     colours: list[str]
@@ -47,13 +49,13 @@ class DatasetInfo(BaseModel):
 
 
 def load_dataset_info(root: str | Path) -> DatasetInfo:
-    """Read ``dataset.json`` and ``class_stats.json`` of a shard folder."""
-    root = Path(root)
-    dataset = read_json(root / DATASET_FILE)
-    stats = read_json(root / STATS_FILE)
+    """Read ``dataset.json`` and ``class_stats.json`` of a local shard folder or an object-store URI."""
+    root = str(root) if storage.is_remote(root) else Path(root).resolve()
+    dataset = read_json(storage.join(root, DATASET_FILE))
+    stats = read_json(storage.join(root, STATS_FILE))
     class_map = dataset["class_map"]
     return DatasetInfo(
-        root=root.resolve(),
+        root=root,
         dataset_name=dataset["dataset_name"],
         class_names=class_map["class_names"],
         colours=class_map["colours"],
@@ -91,17 +93,17 @@ def decode_tile_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def read_split(root: str | Path, split: Split | str, *, columns: list[str] | None = None) -> ray.data.Dataset:
-    """Read one split's shards as a Ray dataset of raw rows.
+    """Read one split's shards, from a local folder or an object-store URI, as a Ray dataset of raw rows.
 
     Raises:
         InputDataError: If the split has no shard files.
     """
-    files = list_shard_files(Path(root), [split])
-    if not files:
+    files = locate_shard_files(root, [split])
+    if not files.paths:
         raise InputDataError(
-            f"{root} has no {split} shards; check the split fractions of the ingest config and re-run it"
+            f"{storage.redact(root)} has no {split} shards; check the split fractions of the ingest config and re-run it"
         )
-    dataset = ray.data.read_parquet([str(f) for f in files])
+    dataset = ray.data.read_parquet(files.paths, filesystem=files.filesystem)
     return dataset.select_columns(columns) if columns is not None else dataset
 
 

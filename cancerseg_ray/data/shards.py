@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.schema import Column, Split, check_schema, tile_schema
 from cancerseg_ray.errors import InputDataError, SchemaError
 
@@ -102,27 +104,91 @@ class ShardWriter:
         self._rows = []
 
 
-def read_json(path: Path) -> Any:
+def read_json(location: str | Path) -> Any:
+    """Read a JSON file of a shard folder from a local path or an object-store URI.
+
+    Raises:
+        InputDataError: If the file is missing or not valid JSON.
+    """
+    if storage.is_remote(location):
+        return _read_remote_json(location)
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(location).read_text())
     except FileNotFoundError as error:
-        raise InputDataError(f"{path} not found; run jobs/make_shards.py to create the shards first") from error
+        raise InputDataError(f"{location} not found; run jobs/make_shards.py to create the shards first") from error
     except json.JSONDecodeError as error:
-        raise InputDataError(f"{path} is not valid JSON ({error}); re-create the shards") from error
+        raise InputDataError(f"{location} is not valid JSON ({error}); re-create the shards") from error
 
 
-def list_shard_files(root: Path, splits: Iterable[Split | str]) -> list[Path]:
-    """List the shard files of the given splits, checking each file's schema."""
-    root = Path(root)
-    files: list[Path] = []
-    for split in splits:
-        files.extend(sorted((root / str(split)).glob("*.parquet")))
-    for path in files:
+def _read_remote_json(location: str) -> Any:
+    try:
+        return storage.read_json(location)
+    except storage.StorageNotFoundError as error:
+        raise InputDataError(
+            f"{storage.redact(location)} not found ({error}); create the shards with jobs/make_shards.py and "
+            "upload the shard folder there"
+        ) from error
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """Shard files of a shard folder, ready for ``pyarrow.parquet`` and ``ray.data.read_parquet``.
+
+    ``filesystem`` is None for a local folder, so that local paths are read as
+    before. For an object store it is the folder's pyarrow filesystem, and
+    ``paths`` are ``bucket/key`` paths in it.
+    """
+
+    filesystem: pafs.FileSystem | None
+    paths: list[str]
+
+
+def _remote_shard_paths(root: str, split: str) -> list[str]:
+    folder = storage.join(root, split)
+    if not storage.exists(folder):
+        return []
+    _, base = storage.resolve(folder)
+    # Only the split folder's own files: hidden names are unfinished uploads of other tools.
+    return [f"{base}/{name}" for name in storage.list_files(folder, suffix=".parquet")
+            if "/" not in name and not name.startswith(".")]
+
+
+def locate_shard_files(root: str | Path, splits: Iterable[Split | str]) -> ShardFiles:
+    """Find the shard files of the given splits under a local folder or an object-store URI, checking each schema.
+
+    Raises:
+        SchemaError: If a file is not a readable Parquet file of the tile schema.
+    """
+    filesystem: pafs.FileSystem | None = None
+    paths: list[str] = []
+    if storage.is_remote(root):
+        filesystem, _ = storage.resolve(root)
+        for split in splits:
+            paths.extend(_remote_shard_paths(str(root), str(split)))
+    else:
+        for split in splits:
+            paths.extend(str(path) for path in sorted((Path(root) / str(split)).glob("*.parquet")))
+    for path in paths:
         try:
-            check_schema(pq.read_schema(path), source=str(path))
+            check_schema(pq.read_schema(path, filesystem=filesystem), source=path)
         except (pa.ArrowInvalid, OSError) as error:
             raise SchemaError(f"{path} is not a readable Parquet file ({error}); re-create the shards") from error
-    return files
+    return ShardFiles(filesystem, paths)
+
+
+def list_shard_files(root: str | Path, splits: Iterable[Split | str]) -> list[str]:
+    """List the shard files of the given splits, checking each file's schema.
+
+    Returns:
+        Local paths, or ``bucket/key`` paths in the filesystem of an
+        object-store root; use :func:`locate_shard_files` to get that filesystem too.
+    """
+    return locate_shard_files(root, splits).paths
+
+
+def read_shard_table(files: ShardFiles, path: str, *, columns: list[str]) -> pa.Table:
+    """Read columns of one shard file found by :func:`locate_shard_files`."""
+    return pq.read_table(path, columns=columns, filesystem=files.filesystem)
 
 
 def class_counts_by_split(root: Path, num_classes: int) -> dict[str, dict[str, Any]]:

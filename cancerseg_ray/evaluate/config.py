@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cancerseg_ray import storage
 from cancerseg_ray.metrics import SCALAR_METRICS
 
 DEFAULT_TEST_METRICS = ["pixel_accuracy", "precision_macro", "recall_macro", "f1_macro", "miou", "fwiou"]
@@ -16,9 +15,9 @@ class EvaluateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    shards_dir: Path | None = None
-    runs_dir: Path | None = None
-    output_dir: Path = Path("outputs/report")
+    shards_dir: str | None = Field(default=None, description="Shard folder: a local path or an s3://, gs:// or file:// URI.")
+    runs_dir: str | None = Field(default=None, description="Runs folder written by the training job: a local path or a URI.")
+    output_dir: str = Field(default="outputs/report", description="Report folder: a local path or a URI.")
     split: str = Field(default="test", pattern=r"^(train|val|test)$")
     batch_size: int = Field(default=16, ge=1)
     num_actors: int = Field(default=1, ge=1, description="Model replicas predicting in parallel.")
@@ -37,6 +36,8 @@ class EvaluateConfig(BaseModel):
     panel_tiles: int = Field(default=3, ge=0, le=12,
                              description="Test tiles in the qualitative panels. Set 0 to leave the panels out.")
     figures: bool = Field(default=True, description="Draw the report's figures (matplotlib, Agg backend).")
+
+    _location_text = field_validator("shards_dir", "runs_dir", "output_dir", mode="before")(storage.location_text)
 
     @field_validator("test_metrics")
     @classmethod

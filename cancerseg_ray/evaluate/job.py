@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.loading import DatasetInfo, load_dataset_info
 from cancerseg_ray.data.splits import write_json_atomic
 from cancerseg_ray.errors import CheckpointError, ConfigError
@@ -19,7 +23,7 @@ from cancerseg_ray.evaluate.config import EvaluateConfig
 from cancerseg_ray.evaluate.plots import PanelTile
 from cancerseg_ray.evaluate.predict import predict_confusion
 from cancerseg_ray.evaluate.qualitative import predict_panel_tiles
-from cancerseg_ray.evaluate.report import write_report
+from cancerseg_ray.evaluate.report import BEST_FILE, write_report
 from cancerseg_ray.evaluate.statistics import (
     compare_variants,
     holm_adjust,
@@ -80,13 +84,13 @@ def check_checkpoint_matches(checkpoint_path: Path, info: DatasetInfo) -> dict[s
     names = payload["class_map"]["class_names"]
     if names != info.class_names:
         raise CheckpointError(
-            f"{checkpoint_path} was trained on classes {names}, but the shards in {info.root} have "
+            f"{checkpoint_path} was trained on classes {names}, but the shards in {storage.redact(info.root)} have "
             f"{info.class_names}; evaluate it on shards made with the same label map"
         )
     ignore_index = payload["class_map"].get("ignore_index", info.ignore_index)
     if ignore_index != info.ignore_index:
         raise CheckpointError(
-            f"{checkpoint_path} was trained with ignore index {ignore_index}, but the shards in {info.root} "
+            f"{checkpoint_path} was trained with ignore index {ignore_index}, but the shards in {storage.redact(info.root)} "
             f"use {info.ignore_index}; evaluate it on shards made with the same label map"
         )
     return payload
@@ -103,11 +107,14 @@ def order_variants(names: list[str]) -> list[str]:
     return [name for name in registry if name in names] + sorted(set(names) - set(registry))
 
 
-def _read_history(directory: Path) -> pd.DataFrame:
-    path = directory / HISTORY_FILE
-    frame = pd.read_csv(path)
+def _read_history(directory: str | Path) -> pd.DataFrame:
+    location = storage.join(directory, HISTORY_FILE)
+    if storage.is_remote(location):
+        frame = pd.read_csv(io.BytesIO(storage.read_bytes(location)))
+    else:
+        frame = pd.read_csv(location)
     if frame.empty:
-        raise ValueError(f"{path} has no epochs")
+        raise ValueError(f"{storage.redact(location)} has no epochs")
     return frame
 
 
@@ -115,7 +122,7 @@ def _load_histories(runs: list[dict[str, Any]], notes: list[str]) -> dict[str, d
     histories: dict[str, dict[int, pd.DataFrame]] = {}
     for run in runs:
         try:
-            frame = _read_history(Path(run["directory"]))
+            frame = _read_history(run["directory"])
         except (OSError, ValueError, pd.errors.ParserError) as error:
             logger.warning("training curve of %s left out: %s", run["run_name"], error)
             notes.append(f"Training curve of `{run['run_name']}` left out: {error}.")
@@ -124,14 +131,34 @@ def _load_histories(runs: list[dict[str, Any]], notes: list[str]) -> dict[str, d
     return histories
 
 
+def _checkpoint_location(record: dict[str, Any]) -> str:
+    """Return where a run's best checkpoint lives: an absolute local path or an object-store URI."""
+    if storage.is_remote(record["directory"]):
+        return storage.join(record["directory"], record["best_checkpoint"])
+    return str((Path(record["directory"]) / record["best_checkpoint"]).resolve())
+
+
+def _local_checkpoint(record: dict[str, Any], cache_dir: Path) -> Path:
+    """Return a local copy of a run's best checkpoint, downloading one from an object store into ``cache_dir``."""
+    location = _checkpoint_location(record)
+    if not storage.is_remote(location):
+        return Path(location)
+    target = cache_dir / record["variant"] / f"seed{record['seed']}" / "best.pt"
+    try:
+        return storage.download(location, target)
+    except storage.StorageError as error:
+        raise CheckpointError(f"failed to download the checkpoint of {record['run_name']}: {error}") from error
+
+
 def _evaluate_run(record: dict[str, Any], info: DatasetInfo, config: EvaluateConfig,
-                  common: dict[str, Any]) -> dict[str, Any]:
-    checkpoint = (Path(record["directory"]) / record["best_checkpoint"]).resolve()
-    confusion = predict_confusion(info.root, config.split, checkpoint=str(checkpoint),
+                  common: dict[str, Any], local_checkpoint: Path) -> dict[str, Any]:
+    # Prediction actors load the checkpoint from its own location, so that actors on other nodes reach it too.
+    checkpoint = _checkpoint_location(record)
+    confusion = predict_confusion(info.root, config.split, checkpoint=checkpoint,
                                   use_gpu=config.use_gpu, **common)
     row = {"variant": record["variant"], "seed": record["seed"], "run_name": record["run_name"],
-           "directory": record["directory"], "checkpoint": str(checkpoint),
-           "checkpoint_sha256": file_digest(checkpoint), "best_epoch": record["best_epoch"],
+           "directory": record["directory"], "checkpoint": checkpoint,
+           "checkpoint_sha256": file_digest(local_checkpoint), "best_epoch": record["best_epoch"],
            "val_miou": record["best_metrics"]["val_miou"], "tiles": confusion.tiles,
            **_metrics_row(confusion.total, info)}
     row["per_image_confusion"] = {image: cm.tolist() for image, cm in sorted(confusion.per_image.items())}
@@ -223,6 +250,23 @@ def analyse_runs(info: DatasetInfo, config: EvaluateConfig, *, runs: list[dict[s
     return result
 
 
+def _score_runs(records: list[dict[str, Any]], info: DatasetInfo, config: EvaluateConfig, common: dict[str, Any],
+                cache_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]], dict[str, Path]]:
+    """Score every run whose checkpoint matches the shards; return the scored runs, the skipped ones and local checkpoints."""
+    runs, skipped, local_checkpoints = [], [], {}
+    for record in records:
+        try:
+            checkpoint = _local_checkpoint(record, cache_dir)
+            check_checkpoint_matches(checkpoint, info)
+        except CheckpointError as error:
+            logger.error("skipping %s: %s", record["run_name"], error)
+            skipped.append({"run": record["run_name"], "reason": str(error)})
+            continue
+        runs.append(_evaluate_run(record, info, config, common, checkpoint))
+        local_checkpoints[record["run_name"]] = checkpoint
+    return runs, skipped, local_checkpoints
+
+
 def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
     """Predict the split with every run's best checkpoint, then summarise, test and draw panels.
 
@@ -238,7 +282,9 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
     info = load_dataset_info(config.shards_dir)
     records = load_run_records(config.runs_dir)
     if not records:
-        raise ConfigError(f"no run records (*/seed*/run.json) found in {config.runs_dir}; run jobs/train_all.py first")
+        raise ConfigError(
+            f"no run records (*/seed*/run.json) found in {storage.redact(config.runs_dir)}; run jobs/train_all.py first"
+        )
     common = {"num_classes": info.num_classes, "ignore_index": info.ignore_index,
               "batch_size": config.batch_size, "num_actors": config.num_actors}
 
@@ -248,34 +294,47 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
                 "tiles": baseline_confusion.tiles, **_metrics_row(baseline_confusion.total, info)}
     logger.info("majority-class baseline (%s): mIoU %.4f", baseline["predicted_class"], baseline["headline"]["miou"])
 
-    runs, skipped = [], []
-    for record in records:
-        checkpoint = Path(record["directory"]) / record["best_checkpoint"]
-        try:
-            check_checkpoint_matches(checkpoint, info)
-        except CheckpointError as error:
-            logger.error("skipping %s: %s", record["run_name"], error)
-            skipped.append({"run": record["run_name"], "reason": str(error)})
-            continue
-        runs.append(_evaluate_run(record, info, config, common))
-
-    result = analyse_runs(info, config, runs=runs, baseline=baseline, skipped=skipped)
-    if result.runs and config.panel_tiles and config.figures:
-        chosen = _panel_checkpoints(result.runs, result.variants)
-        result.panel_runs = {variant: run["run_name"] for variant, run in chosen.items()}
-        result.panels = predict_panel_tiles(
-            info.root, config.split, checkpoints={v: run["checkpoint"] for v, run in chosen.items()},
-            count=config.panel_tiles, num_classes=info.num_classes, ignore_index=info.ignore_index,
-            use_gpu=config.use_gpu)
+    with tempfile.TemporaryDirectory(prefix="cancerseg-checkpoints-") as cache:
+        runs, skipped, local_checkpoints = _score_runs(records, info, config, common, Path(cache))
+        result = analyse_runs(info, config, runs=runs, baseline=baseline, skipped=skipped)
+        if result.runs and config.panel_tiles and config.figures:
+            chosen = _panel_checkpoints(result.runs, result.variants)
+            result.panel_runs = {variant: run["run_name"] for variant, run in chosen.items()}
+            result.panels = predict_panel_tiles(
+                info.root, config.split,
+                checkpoints={v: str(local_checkpoints[run["run_name"]]) for v, run in chosen.items()},
+                count=config.panel_tiles, num_classes=info.num_classes, ignore_index=info.ignore_index,
+                use_gpu=config.use_gpu)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def evaluate_and_report(config: EvaluateConfig) -> Path:
-    """Run the evaluation and write the report files; return the Markdown report's path."""
+def evaluate_and_report(config: EvaluateConfig) -> Path | str:
+    """Run the evaluation and write the report files; return the Markdown report's location.
+
+    The location is a local ``Path`` for a local output folder and a URI for an object-store output.
+
+    For an object-store output the report is written to a local temporary
+    folder and then uploaded, so each object appears only once it is complete.
+    """
+    storage.check_bucket(config.output_dir)
     result = run_evaluation(config)
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    path = write_report(result, output, test_metrics=config.test_metrics)
-    write_json_atomic(output / "evaluation_config.json", config.model_dump(mode="json"))
-    return path
+    if not storage.is_remote(config.output_dir):
+        output = Path(config.output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        path = write_report(result, output, test_metrics=config.test_metrics)
+        write_json_atomic(output / "evaluation_config.json", config.model_dump(mode="json"))
+        return path
+    with ExitStack() as stack:
+        staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cancerseg-report-")))
+        earlier_best = storage.join(config.output_dir, BEST_FILE)
+        had_best = storage.exists(earlier_best)
+        if had_best and not result.runs:
+            # write_report renames an earlier best.json to best.json.stale; it needs the file beside it to do so.
+            storage.download(earlier_best, staging / BEST_FILE)
+        path = write_report(result, staging, test_metrics=config.test_metrics)
+        write_json_atomic(staging / "evaluation_config.json", config.model_dump(mode="json"))
+        storage.upload(staging, config.output_dir)
+        if had_best and not (staging / BEST_FILE).exists():
+            storage.delete_file(earlier_best)
+    return storage.join(config.output_dir, path.name)

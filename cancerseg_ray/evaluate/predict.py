@@ -11,6 +11,7 @@ tile size.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.loading import IMAGE_KEY, MASK_KEY, decode_tile_batch, read_split
 from cancerseg_ray.data.schema import Column
-from cancerseg_ray.data.shards import list_shard_files
+from cancerseg_ray.data.shards import locate_shard_files, read_shard_table
 from cancerseg_ray.data.transforms import to_model_input
 from cancerseg_ray.metrics import confusion_matrix
 
@@ -41,7 +42,7 @@ def _axis_boundaries(origins: Sequence[int], tile_size: int, length: int) -> dic
     return {origin: (cuts[i], cuts[i + 1]) for i, origin in enumerate(origins)}
 
 
-def ownership_windows(root: Path, split: str) -> dict[tuple[str, int, int], tuple[int, int, int, int]]:
+def ownership_windows(root: str | Path, split: str) -> dict[tuple[str, int, int], tuple[int, int, int, int]]:
     """Compute, per tile (image id, x, y), the owned pixel window in tile coordinates.
 
     Returns:
@@ -49,8 +50,9 @@ def ownership_windows(root: Path, split: str) -> dict[tuple[str, int, int], tupl
     """
     # Tile origins are stored in level-0 pixels; ownership is computed in tile pixels.
     by_image: dict[str, list[tuple[int, int, int, int, int, int, int]]] = defaultdict(list)
-    for path in list_shard_files(root, [split]):
-        table = pq.read_table(path, columns=_GRID_COLUMNS).to_pydict()
+    files = locate_shard_files(root, [split])
+    for path in files.paths:
+        table = read_shard_table(files, path, columns=_GRID_COLUMNS).to_pydict()
         for image_id, x, y, downsample, width, height, size in zip(*(table[c] for c in _GRID_COLUMNS), strict=True):
             column, row = int(round(x / downsample)), int(round(y / downsample))
             by_image[image_id].append((x, y, column, row, width, height, size))
@@ -73,7 +75,9 @@ class ConfusionPredictor:
     """Ray Data actor: predict tiles and return each tile's confusion matrix over its owned pixels.
 
     With ``checkpoint`` set to None it predicts ``constant_class`` everywhere,
-    which scores the majority-class baseline through the same code.
+    which scores the majority-class baseline through the same code. A
+    checkpoint at an object-store URI is downloaded by each actor into its own
+    temporary folder, so actors on any node can load it.
     """
 
     def __init__(self, *, checkpoint: str | None, num_classes: int, ignore_index: int,
@@ -83,6 +87,10 @@ class ConfusionPredictor:
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = None
+        self._download_dir: tempfile.TemporaryDirectory[str] | None = None
+        if checkpoint is not None and storage.is_remote(checkpoint):
+            self._download_dir = tempfile.TemporaryDirectory(prefix="cancerseg-checkpoint-")
+            checkpoint = str(storage.download(checkpoint, Path(self._download_dir.name) / "checkpoint.pt"))
         if checkpoint is not None:
             self.model, _ = load_model(checkpoint, map_location=self.device)
             self.model.to(self.device)
@@ -124,7 +132,7 @@ class SplitConfusion:
     tiles: int
 
 
-def predict_confusion(root: Path, split: str, *, num_classes: int, ignore_index: int,
+def predict_confusion(root: str | Path, split: str, *, num_classes: int, ignore_index: int,
                       checkpoint: str | None = None, constant_class: int | None = None,
                       batch_size: int = 16, num_actors: int = 1, use_gpu: bool = False) -> SplitConfusion:
     """Predict every tile of a split on Ray Data and sum exact confusion matrices.

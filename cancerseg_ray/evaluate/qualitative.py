@@ -15,10 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from cancerseg_ray.data.schema import Column
-from cancerseg_ray.data.shards import list_shard_files
+from cancerseg_ray.data.shards import locate_shard_files, read_shard_table
 from cancerseg_ray.evaluate.plots import PanelTile
 from cancerseg_ray.evaluate.predict import ConfusionPredictor
 from cancerseg_ray.io.images import decode_png
@@ -37,7 +36,7 @@ def _mixing_score(counts: Sequence[int]) -> tuple[int, float]:
     return int(present.size), float(-(shares * np.log(shares)).sum())
 
 
-def select_panel_tiles(root: Path, split: str, *, count: int) -> list[tuple[str, int, int]]:
+def select_panel_tiles(root: str | Path, split: str, *, count: int) -> list[tuple[str, int, int]]:
     """Choose up to ``count`` tiles of a split for the qualitative panels.
 
     Args:
@@ -50,8 +49,9 @@ def select_panel_tiles(root: Path, split: str, *, count: int) -> list[tuple[str,
         pixels are never chosen, so fewer than ``count`` may come back.
     """
     candidates = []
-    for path in list_shard_files(Path(root), [split]):
-        table = pq.read_table(path, columns=_KEY_COLUMNS).to_pydict()
+    files = locate_shard_files(root, [split])
+    for path in files.paths:
+        table = read_shard_table(files, path, columns=_KEY_COLUMNS).to_pydict()
         for image_id, x, y, counts in zip(*(table[column] for column in _KEY_COLUMNS), strict=True):
             present, entropy = _mixing_score(counts)
             if present:
@@ -70,12 +70,13 @@ def select_panel_tiles(root: Path, split: str, *, count: int) -> list[tuple[str,
     return chosen
 
 
-def _read_tiles(root: Path, split: str, keys: Sequence[tuple[str, int, int]]) -> dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]]:
+def _read_tiles(root: str | Path, split: str, keys: Sequence[tuple[str, int, int]]) -> dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]]:
     wanted = set(keys)
     columns = [Column.IMAGE_ID.value, Column.X.value, Column.Y.value, Column.IMAGE_PNG.value, Column.MASK_PNG.value]
     tiles = {}
-    for path in list_shard_files(Path(root), [split]):
-        table = pq.read_table(path, columns=columns).to_pydict()
+    files = locate_shard_files(root, [split])
+    for path in files.paths:
+        table = read_shard_table(files, path, columns=columns).to_pydict()
         for image_id, x, y, image_png, mask_png in zip(*(table[column] for column in columns), strict=True):
             key = (str(image_id), int(x), int(y))
             if key in wanted:
@@ -83,7 +84,7 @@ def _read_tiles(root: Path, split: str, keys: Sequence[tuple[str, int, int]]) ->
     return tiles
 
 
-def predict_panel_tiles(root: Path, split: str, *, checkpoints: Mapping[str, str], count: int, num_classes: int,
+def predict_panel_tiles(root: str | Path, split: str, *, checkpoints: Mapping[str, str], count: int, num_classes: int,
                         ignore_index: int, use_gpu: bool = False) -> list[PanelTile]:
     """Predict the chosen tiles with one checkpoint per variant, in this process.
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.splits import write_json_atomic
 from cancerseg_ray.evaluate.document import (
     Figure,
@@ -73,7 +74,7 @@ def _title(result: EvaluationResult) -> str:
 def _preamble(result: EvaluationResult) -> list[str]:
     seeds = sorted({run["seed"] for run in result.runs})
     return [
-        f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from the shards in `{result.info.root}`.",
+        f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from the shards in `{storage.redact(result.info.root)}`.",
         f"Classes: {', '.join(result.info.class_names)}. Variants: "
         f"{', '.join(f'`{v}`' for v in result.variants) or 'none'}. Runs evaluated: {len(result.runs)} "
         f"(seeds {', '.join(map(str, seeds)) or 'none'}); runs left out: {len(result.skipped)}. "

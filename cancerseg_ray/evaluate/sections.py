@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cancerseg_ray import storage
 from cancerseg_ray.evaluate import plots
 from cancerseg_ray.evaluate.document import (
     BulletList,
@@ -364,7 +365,7 @@ def _files(result: EvaluationResult, files: list[str]) -> list:
         Table(["run", "checkpoint", "SHA-256 (first 16 hex digits)"], rows, caption="Evaluated checkpoints"),
         Table(["setting", "value"], settings, caption="Evaluation settings (also in evaluation_config.json)"),
         Table(["package", "version"], _software_versions(), caption="Software versions"),
-        Paragraph(f"Shards: `{result.info.root}`. Test images: {', '.join(result.image_ids) or 'n/a'}. "
+        Paragraph(f"Shards: `{storage.redact(result.info.root)}`. Test images: {', '.join(result.image_ids) or 'n/a'}. "
                   f"Evaluation took {result.seconds:.1f} s."),
     ]
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.augment import AugmentationSettings
 
 
@@ -117,8 +117,13 @@ class TrainGridConfig(BaseModel):
         description="Splits with at most this many tiles are decoded once and kept in the Ray object store "
         "(about 0.26 MB per 256 x 256 tile); larger splits are streamed from Parquet every epoch.",
     )
-    shards_dir: Path | None = None
-    output_dir: Path = Path("outputs/runs")
+    shards_dir: str | None = Field(default=None, description="Shard folder: a local path or an s3://, gs:// or file:// URI.")
+    output_dir: str = Field(
+        default="outputs/runs",
+        description="Folder of the run records and Ray Train's checkpoints: a local path or a URI.",
+    )
+
+    _location_text = field_validator("shards_dir", "output_dir", mode="before")(storage.location_text)
 
     @field_validator("seeds")
     @classmethod
