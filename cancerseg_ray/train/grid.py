@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import ray
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.augment import augment_batch
 from cancerseg_ray.data.loading import DatasetInfo, load_dataset_info, read_decoded_split
 from cancerseg_ray.data.splits import write_json_atomic
@@ -42,17 +46,24 @@ _PUBLISHED_SCHEDULE: dict[str, tuple[float, dict[str, int], int]] = {
 
 @dataclass
 class RunRecord:
-    """Location and best metrics of a finished run."""
+    """Location and best metrics of a finished run.
+
+    ``directory`` and ``best_checkpoint`` are local ``Path`` objects for a
+    local output folder and URIs for an object-store output.
+    """
 
     run_name: str
     variant: str
     seed: int
-    directory: Path
-    best_checkpoint: Path
+    directory: Path | str
+    best_checkpoint: Path | str
     best_metrics: dict[str, Any]
 
 
-def run_directory(output_dir: Path, variant: str, seed: int) -> Path:
+def run_directory(output_dir: str | Path, variant: str, seed: int) -> Path | str:
+    """Return the run folder of one variant and seed: a local path, or a URI under an object-store output."""
+    if storage.is_remote(output_dir):
+        return storage.join(output_dir, variant, f"seed{seed}")
     return Path(output_dir) / variant / f"seed{seed}"
 
 
@@ -92,6 +103,19 @@ def build_run_config(config: TrainGridConfig, info: DatasetInfo, variant: str, s
     )
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target`` where both share a file system, else copy it.
+
+    A checkpoint with Adam state is about three times the weights (480 MB for
+    ResNet-50 DeepLabV3+), so a link saves that much disk per run.
+    """
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def _write_run_record(directory: Path, run: TrainRunConfig, result: Any, seconds: float) -> RunRecord:
     best_checkpoint, best_metrics = result.get_best_checkpoint(metric=SCORE_METRIC, mode="max"), None
     for checkpoint, metrics in result.best_checkpoints:
@@ -99,9 +123,13 @@ def _write_run_record(directory: Path, run: TrainRunConfig, result: Any, seconds
             best_metrics = metrics
     directory.mkdir(parents=True, exist_ok=True)
     with best_checkpoint.as_directory() as source:
-        shutil.copyfile(Path(source) / CHECKPOINT_FILE, directory / BEST_CHECKPOINT)
-    with result.checkpoint.as_directory() as source:
-        history = load_checkpoint(Path(source))["history"]
+        _link_or_copy(Path(source) / CHECKPOINT_FILE, directory / BEST_CHECKPOINT)
+    if result.checkpoint.path == best_checkpoint.path:
+        # The latest checkpoint is the best one: reuse the copy instead of fetching it again from remote storage.
+        history = load_checkpoint(directory / BEST_CHECKPOINT)["history"]
+    else:
+        with result.checkpoint.as_directory() as source:
+            history = load_checkpoint(Path(source))["history"]
 
     frame = pd.DataFrame(history)
     frame.to_csv(directory / "history.csv", index=False)
@@ -110,6 +138,7 @@ def _write_run_record(directory: Path, run: TrainRunConfig, result: Any, seconds
 
     model = build_model(ModelConfig(variant=run.variant, num_classes=run.num_classes), restoring=True)
     trainable, non_trainable = count_parameters(model)
+    weights_bytes = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
     record = {
         "run_name": run.run_name,
         "dataset_name": run.dataset_name,
@@ -123,6 +152,7 @@ def _write_run_record(directory: Path, run: TrainRunConfig, result: Any, seconds
         "ray_storage": str(result.path),
         "trainable_parameters": trainable,
         "non_trainable_parameters": non_trainable,
+        "weights_bytes": weights_bytes,
         "checkpoint_bytes": (directory / BEST_CHECKPOINT).stat().st_size,
         "pretrained_weights": run.pretrained_path or "none (random initialisation)",
         "train_seconds": round(seconds, 1),
@@ -134,7 +164,19 @@ def _write_run_record(directory: Path, run: TrainRunConfig, result: Any, seconds
     return RunRecord(run.run_name, run.variant, run.seed, directory, directory / BEST_CHECKPOINT, best_metrics)
 
 
-def _make_trainer(config: TrainGridConfig, run: TrainRunConfig, datasets: dict[str, Any], output_dir: Path) -> TorchTrainer:
+def _ordered_ingest_options() -> Any:
+    """Ray Train's default ingest options with block order preserved.
+
+    Without it, blocks reach a worker in whatever order Ray Data tasks finish,
+    so one seed could shuffle its tiles differently from run to run.
+    """
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
+def _make_trainer(config: TrainGridConfig, run: TrainRunConfig, datasets: dict[str, Any],
+                  output_dir: str | Path) -> TorchTrainer:
     resources = {"CPU": config.scaling.cpus_per_worker}
     if config.scaling.use_gpu:
         resources["GPU"] = config.scaling.gpus_per_worker
@@ -146,14 +188,14 @@ def _make_trainer(config: TrainGridConfig, run: TrainRunConfig, datasets: dict[s
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=run.run_name,
-            storage_path=str(output_dir / "ray_results"),
+            **storage.ray_train_storage(storage.join(output_dir, "ray_results")).as_kwargs(),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max"
             ),
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ordered_ingest_options()),
     )
 
 
@@ -169,6 +211,10 @@ def run_training_grid(config: TrainGridConfig) -> list[RunRecord]:
     ``history.json``, ``curves.png`` and ``run.json``. Ray's own checkpoints,
     best and latest, stay under ``<output>/ray_results``. Up to
     ``max_concurrent_runs`` runs train at once; the cluster queues the rest.
+
+    ``shards_dir`` and ``output_dir`` may be object-store URIs. Ray Train then
+    writes its checkpoints straight to the bucket, and each run folder is
+    written to a local temporary folder and uploaded when the run finishes.
     """
     if config.shards_dir is None:
         raise ConfigError("shards_dir is not set; pass --shards or set shards_dir in the config")
@@ -178,9 +224,7 @@ def run_training_grid(config: TrainGridConfig) -> list[RunRecord]:
     if config.mlflow.enabled:
         check_mlflow_available()
     info = load_dataset_info(config.shards_dir)
-    output_dir = Path(config.output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output_dir / "grid_config.json", config.model_dump(mode="json"))
+    output_dir = _prepare_output(config)
 
     # Per-epoch log lines show training progress; Ray Data's bars from every worker would bury them.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -219,7 +263,19 @@ def run_training_grid(config: TrainGridConfig) -> list[RunRecord]:
     return [records[run.run_name] for run in runs]
 
 
-def write_model_sizes(output_dir: Path) -> pd.DataFrame:
+def _prepare_output(config: TrainGridConfig) -> str | Path:
+    """Create the output folder, or check an object store's bucket, and write ``grid_config.json`` into it."""
+    if storage.is_remote(config.output_dir):
+        storage.check_bucket(config.output_dir)
+        storage.write_json(storage.join(config.output_dir, "grid_config.json"), config.model_dump(mode="json"))
+        return config.output_dir
+    output_dir = Path(config.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output_dir / "grid_config.json", config.model_dump(mode="json"))
+    return output_dir
+
+
+def write_model_sizes(output_dir: str | Path) -> pd.DataFrame:
     """Write ``model_sizes.csv``: parameter counts and checkpoint size per variant, from the run records.
 
     This is the project's counterpart of the study's model-size table; timm
@@ -231,35 +287,68 @@ def write_model_sizes(output_dir: Path) -> pd.DataFrame:
             "variant": record["variant"],
             "trainable_parameters": record["trainable_parameters"],
             "non_trainable_parameters": record["non_trainable_parameters"],
+            "weights_megabytes": round(record["weights_bytes"] / 1e6, 2),
             "checkpoint_megabytes": round(record["checkpoint_bytes"] / 1e6, 2),
         }
     table = pd.DataFrame(sorted(rows.values(), key=lambda row: row["variant"]))
-    table.to_csv(output_dir / "model_sizes.csv", index=False)
+    if storage.is_remote(output_dir):
+        storage.write_bytes(storage.join(output_dir, "model_sizes.csv"), table.to_csv(index=False).encode("utf-8"))
+    else:
+        table.to_csv(Path(output_dir) / "model_sizes.csv", index=False)
     return table
 
 
-def _collect(pending: dict[Any, tuple[TrainRunConfig, float]], records: dict[str, RunRecord], output_dir: Path,
-             *, block: bool) -> None:
+def _collect(pending: dict[Any, tuple[TrainRunConfig, float]], records: dict[str, RunRecord],
+             output_dir: str | Path, *, block: bool) -> None:
     done, _ = ray.wait(list(pending), num_returns=1, timeout=None if block else 0)
     for reference in done:
         run, started = pending.pop(reference)
         records[run.run_name] = _finish_run(output_dir, run, ray.get(reference), time.perf_counter() - started)
 
 
-def _finish_run(output_dir: Path, run: TrainRunConfig, result: Any, seconds: float) -> RunRecord:
+def _finish_run(output_dir: str | Path, run: TrainRunConfig, result: Any, seconds: float) -> RunRecord:
     if result.error is not None:
         raise TrainingFailedError(f"run {run.run_name} failed after its retries: {result.error}") from result.error
-    record = _write_run_record(run_directory(output_dir, run.variant, run.seed), run, result, seconds)
+    directory = run_directory(output_dir, run.variant, run.seed)
+    if isinstance(directory, Path):
+        record = _write_run_record(directory, run, result, seconds)
+    else:
+        record = _upload_run_record(directory, run, result, seconds)
     logger.info("%s finished: best val mIoU %.4f at epoch %d", run.run_name,
                 record.best_metrics[SCORE_METRIC], record.best_metrics["epoch"] + 1)
     return record
 
 
+def _upload_run_record(location: str, run: TrainRunConfig, result: Any, seconds: float) -> RunRecord:
+    """Write a run folder locally, upload it to an object-store ``location`` and return its record there."""
+    with tempfile.TemporaryDirectory(prefix="cancerseg-run-") as staging:
+        record = _write_run_record(Path(staging), run, result, seconds)
+        storage.upload(staging, location)
+    return replace(record, directory=location, best_checkpoint=storage.join(location, BEST_CHECKPOINT))
+
+
 def load_run_records(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """Read every ``run.json`` below a runs folder, adding the run folder as ``directory``."""
+    """Read every ``run.json`` below a local runs folder or an object-store URI, adding the run folder as ``directory``."""
+    if storage.is_remote(runs_dir):
+        return _load_remote_run_records(str(runs_dir))
     records = []
     for path in sorted(Path(runs_dir).glob(f"*/seed*/{RUN_FILE}")):
         record = json.loads(path.read_text())
         record["directory"] = str(path.parent)
+        records.append(record)
+    return records
+
+
+def _load_remote_run_records(runs_dir: str) -> list[dict[str, Any]]:
+    if not storage.exists(runs_dir):
+        return []
+    # NOTE: this lists every object below runs_dir, Ray Train's checkpoints under ray_results/ included.
+    names = [name for name in storage.list_files(runs_dir, suffix=f"/{RUN_FILE}")
+             if fnmatch.fnmatchcase(name, f"*/seed*/{RUN_FILE}") and name.count("/") == 2]
+    records = []
+    for name in names:
+        variant, seed_folder, _ = name.split("/")
+        record = storage.read_json(storage.join(runs_dir, name))
+        record["directory"] = storage.join(runs_dir, variant, seed_folder)
         records.append(record)
     return records

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import ray
+from ray._private import ray_constants
 
 from cancerseg_ray.train.checkpoint import load_checkpoint
 from cancerseg_ray.train.config import TrainGridConfig
@@ -60,16 +62,23 @@ def test_ddp_validation_counts_every_tile_once(tiny_shards, tmp_path):
 
 
 def _training_worker_pids() -> list[int]:
-    """Find Ray Train worker processes by their process title (``ray::RayTrainWorker...``)."""
+    """Find this test session's Ray Train worker processes.
+
+    Only children of this session's raylet count, so Ray clusters of other
+    processes on the same machine are never touched.
+    """
+    raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
     pids = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                title = (entry / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if title.startswith("ray::RayTrainWorker"):
-                pids.append(int(entry.name))
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().decode(errors="replace")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if title.startswith("ray::RayTrainWorker") and parent == raylet:
+            pids.append(int(entry.name))
     return pids
 
 
