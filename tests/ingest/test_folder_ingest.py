@@ -13,7 +13,13 @@ from PIL import Image
 from cancerseg_ray.data.config import FolderIngestConfig
 from cancerseg_ray.data.ingest import run_folder_ingest
 from cancerseg_ray.data.schema import Column, check_schema
-from cancerseg_ray.data.shards import ERRORS_FILE, MANIFEST_FILE, SPLITS_FILE, STATS_FILE, file_sha256
+from cancerseg_ray.data.shards import (
+    ERRORS_FILE,
+    MANIFEST_FILE,
+    SPLITS_FILE,
+    STATS_FILE,
+    file_sha256,
+)
 from cancerseg_ray.errors import ConfigError, InputDataError
 from cancerseg_ray.io.images import decode_png
 from tests.conftest import GLAS_DIR, GLAS_LABEL_MAP, GLAS_SUBSET, copy_glas

@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from cancerseg_ray.data.augment import AugmentationSettings, augment_batch, augment_tile
 from cancerseg_ray.data.loading import DatasetInfo
 from cancerseg_ray.errors import ConfigError
-from cancerseg_ray.train.config import OptimizerSettings, SchedulePreset, TrainGridConfig, TrainRunConfig
+from cancerseg_ray.train.config import (
+    OptimizerSettings,
+    SchedulePreset,
+    TrainGridConfig,
+    TrainRunConfig,
+)
 from cancerseg_ray.train.grid import build_run_config, run_training_grid
 from cancerseg_ray.train.loop import _start_mlflow, _weighted_loss_terms, mixed_precision_context
 
