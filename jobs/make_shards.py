@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         "without resolution metadata; a manifest's mpp column still wins for its slide",
     )
     parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or an embedded Ray")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        type=str.upper, help="logging level (default INFO)")
     args = parser.parse_args(argv)
 
     configure_logging(args.log_level)

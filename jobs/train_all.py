@@ -16,12 +16,14 @@ import os
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from cancerseg_ray import storage
 from cancerseg_ray.config import load_yaml_config
 from cancerseg_ray.errors import CancerSegError
 from cancerseg_ray.runtime import configure_logging, init_ray
 from cancerseg_ray.train.config import TrainGridConfig
-from cancerseg_ray.train.grid import run_training_grid
+from cancerseg_ray.train.grid import check_gpus_available, run_training_grid
 
 logger = logging.getLogger("train_all")
 
@@ -34,27 +36,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL backend, mixed precision")
     parser.add_argument("--num-workers", type=int, help="data-parallel workers per run")
     parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or an embedded Ray")
-    parser.add_argument("--num-cpus", type=int, help="logical CPUs of an embedded Ray (default: this machine's)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--num-cpus", type=int,
+                        help="logical CPUs of an embedded Ray (default: this machine's CPUs, at least the "
+                        "training workers' CPUs plus 2 for Ray Data tasks)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        type=str.upper, help="logging level (default INFO)")
     args = parser.parse_args(argv)
 
     configure_logging(args.log_level)
     try:
         config = load_yaml_config(args.config, TrainGridConfig, shards_dir=args.shards, output_dir=args.output)
-        if args.use_gpu or args.num_workers:
-            scaling = config.scaling.model_copy(update={
-                key: value for key, value in (("use_gpu", args.use_gpu or None), ("num_workers", args.num_workers))
-                if value is not None
-            })
-            config = config.model_copy(update={"scaling": scaling})
+        if args.use_gpu or args.num_workers is not None:
+            overrides = {"use_gpu": args.use_gpu or None, "num_workers": args.num_workers}
+            scaling = config.scaling.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+            config = TrainGridConfig.model_validate(config.model_dump() | {"scaling": scaling})
         num_cpus = args.num_cpus
         if num_cpus is None and not (args.address or os.environ.get("RAY_ADDRESS")):
             # Ray Data's read and decode tasks need CPUs beside the training workers'.
             needed = math.ceil(config.scaling.num_workers * config.scaling.cpus_per_worker) + 2
             num_cpus = max(os.cpu_count() or 1, needed)
         init_ray(args.address, num_cpus=num_cpus)
+        check_gpus_available(config, embedded=not (args.address or os.environ.get("RAY_ADDRESS")))
         records = run_training_grid(config)
-    except CancerSegError as error:
+    except (CancerSegError, ValidationError) as error:
         logger.error("%s", error)
         return 2
     for record in records:

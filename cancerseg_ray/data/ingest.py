@@ -24,6 +24,7 @@ import numpy as np
 import ray
 
 from cancerseg_ray.data.config import FolderIngestConfig
+from cancerseg_ray.data.ingest_report import warn_about_empty_splits
 from cancerseg_ray.data.labels import LabelMap
 from cancerseg_ray.data.schema import SCHEMA_VERSION, Column, Split
 from cancerseg_ray.data.shards import (
@@ -422,3 +423,4 @@ def log_ingest_summary(result: IngestResult) -> None:
         result.seconds, len(result.written), len(result.skipped), len(result.failed),
         "\n".join(lines), ", ".join(f"{n}={w:.3f}" for n, w in zip(names, stats["loss_weights"], strict=True)),
     )
+    warn_about_empty_splits(result)

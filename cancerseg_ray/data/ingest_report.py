@@ -43,3 +43,14 @@ def format_dataset_summary(result: IngestResult) -> str:
 def log_dataset_summary(result: IngestResult) -> None:
     """Log the summary table of an ingest run."""
     logger.info("ingest finished in %.1f s\n%s", result.seconds, format_dataset_summary(result))
+    warn_about_empty_splits(result)
+
+
+def warn_about_empty_splits(result: IngestResult) -> None:
+    """Log a warning for every split left without tiles, which training or evaluation would reject later."""
+    for split, entry in result.statistics["splits"].items():
+        if entry["tiles"] == 0:
+            logger.warning(
+                "the %s split has no tiles%s; training needs train and val tiles and evaluation needs test tiles",
+                split, f" ({len(result.failed)} items failed, see errors.json)" if result.failed else "",
+            )

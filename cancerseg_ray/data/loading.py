@@ -101,7 +101,8 @@ def read_split(root: str | Path, split: Split | str, *, columns: list[str] | Non
     files = locate_shard_files(root, [split])
     if not files.paths:
         raise InputDataError(
-            f"{storage.redact(root)} has no {split} shards; check the split fractions of the ingest config and re-run it"
+            f"{storage.redact(root)} has no {split} shards; images of that split may have failed "
+            "(see errors.json in the shard folder), or the split fractions give it none"
         )
     dataset = ray.data.read_parquet(files.paths, filesystem=files.filesystem)
     return dataset.select_columns(columns) if columns is not None else dataset

@@ -19,7 +19,8 @@ _TIFF_EXTENSIONS = (".tif", ".tiff")
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
 
 
-def _read_array(path: Path) -> np.ndarray:
+def _read_array(path: Path, *, palette_as_indices: bool = False) -> np.ndarray:
+    """Read an image file; palette (indexed) images become RGB unless ``palette_as_indices`` is set."""
     if not path.is_file():
         raise InputDataError(f"{path}: file not found")
     try:
@@ -27,6 +28,10 @@ def _read_array(path: Path) -> np.ndarray:
             return np.asarray(tifffile.imread(path))
         with Image.open(path) as image:
             image.load()
+            if image.mode in ("P", "PA") and palette_as_indices:
+                # An indexed label mask stores class values as palette indices.
+                indices = np.asarray(image)
+                return indices[..., 0] if image.mode == "PA" else indices
             if image.mode in ("P", "PA"):
                 image = image.convert("RGBA" if "transparency" in image.info else "RGB")
             return np.asarray(image)
@@ -67,7 +72,7 @@ def read_label_mask(path: str | Path) -> np.ndarray:
         InputDataError: If the file is missing, unreadable or not a single-channel integer mask.
     """
     path = Path(path)
-    array = _read_array(path)
+    array = _read_array(path, palette_as_indices=True)
     if array.ndim == 3 and array.shape[2] in (3, 4):
         rgb = array[:, :, :3]
         if not (np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(rgb[:, :, 0], rgb[:, :, 2])):

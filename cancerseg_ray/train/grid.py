@@ -164,6 +164,23 @@ def _write_run_record(directory: Path, run: TrainRunConfig, result: Any, seconds
     return RunRecord(run.run_name, run.variant, run.seed, directory, directory / BEST_CHECKPOINT, best_metrics)
 
 
+def check_gpus_available(config: TrainGridConfig, *, embedded: bool) -> None:
+    """Raise ConfigError when GPU training is requested on an embedded Ray without enough GPUs.
+
+    An autoscaling cluster may add GPU nodes later, so only an embedded Ray,
+    whose resources are fixed, is checked.
+    """
+    if not (config.scaling.use_gpu and embedded):
+        return
+    needed = config.scaling.num_workers * config.scaling.gpus_per_worker
+    available = ray.cluster_resources().get("GPU", 0)
+    if available < needed:
+        raise ConfigError(
+            f"use_gpu needs {needed:g} GPUs for {config.scaling.num_workers} workers, but this machine's Ray "
+            f"has {available:g}; drop --use-gpu, lower --num-workers, or submit the job to a GPU cluster"
+        )
+
+
 def _ordered_ingest_options() -> Any:
     """Ray Train's default ingest options with block order preserved.
 

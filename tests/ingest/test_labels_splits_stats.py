@@ -6,12 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cancerseg_ray.data.labels import ClassSpec, LabelMap, load_label_map
 from cancerseg_ray.data.schema import Split
 from cancerseg_ray.data.splits import SplitFractions, assign_splits, load_splits, save_splits
 from cancerseg_ray.data.statistics import inverse_frequency_weights
 from cancerseg_ray.errors import ConfigError, LabelMapError
+from cancerseg_ray.io.images import read_label_mask
 from tests.conftest import GLAS_LABEL_MAP
 
 
@@ -112,3 +114,14 @@ def test_inverse_frequency_weights_class_without_pixels_gets_zero():
 def test_inverse_frequency_weights_reject_empty_counts():
     with pytest.raises(ValueError, match="no labelled pixels"):
         inverse_frequency_weights([0, 0])
+
+
+def test_indexed_png_mask_keeps_palette_indices(tmp_path):
+    values = np.zeros((8, 8), dtype=np.uint8)
+    values[2:5] = 3
+    image = Image.fromarray(values, mode="P")
+    image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (256 * 3 - 12))
+    image.save(tmp_path / "mask.png")
+    mask = read_label_mask(tmp_path / "mask.png")
+    assert mask.shape == (8, 8)
+    assert sorted(np.unique(mask).tolist()) == [0, 3]
