@@ -244,7 +244,10 @@ def run_training_grid(config: TrainGridConfig) -> list[RunRecord]:
     output_dir = _prepare_output(config)
 
     # Per-epoch log lines show training progress; Ray Data's bars from every worker would bury them.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    # Keep tiles in file order when the splits are read, decoded and cached, so one seed sees one order.
+    context.execution_options.preserve_order = True
     base = {}
     for split in ("train", "val"):
         dataset = read_decoded_split(info.root, split)
