@@ -51,3 +51,22 @@ def copy_glas(destination: Path, names: list[str]) -> tuple[Path, Path]:
 
 GLAS_SUBSET = ["train_1", "train_24", "train_31", "train_46", "testA_1", "testA_17"]
 """Six of the bundled pairs: enough for a three-way split, small enough for fast tests."""
+
+
+def ingest_tiny_glas(root: Path, *, stride: int = 128) -> Path:
+    """Ingest six GlaS images at 2.48 um/px into 128-pixel tiles under ``root``; return the shard folder.
+
+    Each image becomes 194 x 130 pixels, so a stride of 128 gives 4 tiles per
+    image; the split is drawn per image with seed 0 (fractions 0.5, 0.25, 0.25).
+    """
+    from cancerseg_ray.data.config import FolderIngestConfig
+    from cancerseg_ray.data.ingest import run_folder_ingest
+
+    images, masks = copy_glas(root / "input", GLAS_SUBSET)
+    shards = root / "shards"
+    run_folder_ingest(FolderIngestConfig.model_validate({
+        "dataset_name": "glas", "images_dir": images, "masks_dir": masks, "label_map": GLAS_LABEL_MAP,
+        "mpp": 0.62005, "target_mpp": 2.4802, "tiling": {"tile_size": 128, "stride": stride},
+        "splits": {"seed": 0, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}, "output_dir": shards,
+    }))
+    return shards

@@ -10,8 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cancerseg_ray.data.config import FolderIngestConfig
-from cancerseg_ray.data.ingest import run_folder_ingest
 from cancerseg_ray.data.loading import load_dataset_info
 from cancerseg_ray.data.schema import Column
 from cancerseg_ray.evaluate.config import EvaluateConfig
@@ -29,7 +27,7 @@ from cancerseg_ray.train.checkpoint import (
 )
 from cancerseg_ray.train.config import TrainGridConfig
 from cancerseg_ray.train.grid import load_run_records, run_training_grid
-from tests.conftest import GLAS_LABEL_MAP, GLAS_SUBSET, copy_glas
+from tests.conftest import ingest_tiny_glas
 from tests.evaluate.conftest import sklearn_scores_from_confusion
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -41,13 +39,7 @@ VARIANTS = ["deeplabv3plus_resnet50", "cancerseg_xa"]
 def trained(ray_start_4_cpus, tmp_path_factory):
     """Ingest six GlaS images, train two variants for one short epoch, and return the folders."""
     root = tmp_path_factory.mktemp("pipeline")
-    images, masks = copy_glas(root / "input", GLAS_SUBSET)
-    shards = root / "shards"
-    run_folder_ingest(FolderIngestConfig.model_validate({
-        "dataset_name": "glas", "images_dir": images, "masks_dir": masks, "label_map": GLAS_LABEL_MAP,
-        "mpp": 0.62005, "target_mpp": 2.4802, "tiling": {"tile_size": 128, "stride": 64},
-        "splits": {"seed": 0, "fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}, "output_dir": shards,
-    }))
+    shards = ingest_tiny_glas(root, stride=64)
     runs = root / "runs"
     records = run_training_grid(TrainGridConfig(
         variants=VARIANTS, seeds=[0], epochs=1, batch_size=2, max_train_batches=2,
