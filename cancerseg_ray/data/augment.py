@@ -17,7 +17,7 @@ from cancerseg_ray.data.loading import IMAGE_KEY, MASK_KEY, TILE_KEY
 
 
 class AugmentationSettings(BaseModel):
-    """Which augmentations run and how strong they are."""
+    """Augmentations to apply and their strengths."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -30,7 +30,7 @@ class CoordinateOrigin(StrEnum):
 
 
 class ModelSource(BaseModel):
-    """Which checkpoint to load and what resolution it expects.
+    """Checkpoint to load and the resolution it expects.
 
     Give either ``best_file`` (the ``best.json`` written by the evaluation job)
     or ``checkpoint``. ``model_mpp`` and ``tile_size`` override the values

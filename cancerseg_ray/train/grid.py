@@ -246,7 +246,7 @@ def run_training_grid(config: TrainGridConfig) -> list[RunRecord]:
     # Per-epoch log lines show training progress; Ray Data's bars from every worker would bury them.
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    # Keep tiles in file order when the splits are read, decoded and cached, so one seed sees one order.
+    # Keep tiles in file order when the splits are read, decoded and cached, so a seed always gives the same order.
     context.execution_options.preserve_order = True
     base = {}
     for split in ("train", "val"):

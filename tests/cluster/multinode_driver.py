@@ -9,7 +9,7 @@ run on the two worker nodes. Each worker node has 3 CPUs and a marker resource
 (``node_a`` or ``node_b``). A training worker requests 2 CPUs, so two of them
 cannot share a node even under Ray Train's default PACK strategy.
 
-The result JSON holds the ingest outcome, the run record and, per training
+The result JSON contains the ingest outcome, the run record and, per training
 rank, the node it ran on, as Ray Train's state actor recorded it.
 """
 

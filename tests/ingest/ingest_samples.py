@@ -40,7 +40,7 @@ PANNUKE_DIR = DATA_DIR / "pannuke"
 PANNUKE_COCO = PANNUKE_DIR / "annotations_coco_rle.json"
 
 BCSS_CROP = {
-    # Mask stem -> (x, y) of a 512 x 512 crop that holds several codes.
+    # Mask stem -> (x, y) of a 512 x 512 crop that contains several codes.
     "TCGA-A1-A0SK-DX1_xmin45749_ymin25055_MPP-0.2500": (1200, 900),
     "TCGA-A2-A0D2-DX1_xmin96887_ymin22299_MPP-0.2500": (1400, 1000),
     "TCGA-A2-A0SX-DX1_xmin53791_ymin56683_MPP-0.2500": (1000, 1800),

@@ -106,7 +106,8 @@ def test_cmu_with_bcss_geojson_reproduces_mask(ray_start_4_cpus, tmp_path):
     expected = expected_classes(raw, labels)
     for row in rows:
         x, y = row[Column.X] - CMU_OFFSET[0], row[Column.Y] - CMU_OFFSET[1]
-        assert 0 <= x <= 512 - 128 and 0 <= y <= 512 - 128
+        assert 0 <= x <= 512 - 128
+        assert 0 <= y <= 512 - 128
         mask = decode_png(row[Column.MASK_PNG], channels=1)
         np.testing.assert_array_equal(mask, expected[y : y + 128, x : x + 128])
         assert row[Column.TISSUE_FRACTION] >= 0.5

@@ -305,8 +305,10 @@ def test_monuseg_xml() -> None:
     assert gdf.geometry.is_valid.all()
     assert set(gdf.geom_type) <= {"Polygon", "MultiPolygon"}
     minx, miny, maxx, maxy = gdf.total_bounds
-    assert minx >= -2 and miny >= -2
-    assert maxx <= 1002 and maxy <= 1002
+    assert minx >= -2
+    assert miny >= -2
+    assert maxx <= 1002
+    assert maxy <= 1002
 
 
 def test_monuseg_xml_needs_default_class() -> None:

@@ -101,7 +101,7 @@ def list_bcss_items(source: BcssSource, labels: LabelMap) -> tuple[list[WorkItem
         or a name that is not a BCSS ROI name.
 
     Raises:
-        InputDataError: If a folder is missing or holds no PNG files.
+        InputDataError: If a folder is missing or contains no PNG files.
         ConfigError: If the label map misses codes of the code table.
     """
     codes = read_codes(source.codes_file)

@@ -30,7 +30,7 @@ def list_puma_items(source: PumaSource) -> tuple[list[WorkItem], list[dict[str, 
         Work items, and failure entries for ROIs without a GeoJSON file.
 
     Raises:
-        InputDataError: If a folder is missing or holds no TIFFs.
+        InputDataError: If a folder is missing or contains no TIFFs.
     """
     for folder in (source.rois_dir, source.annotations_dir):
         if not folder.is_dir():

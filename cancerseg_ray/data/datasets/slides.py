@@ -79,7 +79,7 @@ def list_slide_items(source: SlidesSource) -> tuple[list[WorkItem], list[dict[st
 
     Raises:
         ConfigError: If the manifest is invalid or two slides share a stem.
-        InputDataError: If a folder is missing or holds no slides.
+        InputDataError: If a folder is missing or contains no slides.
     """
     items: list[WorkItem] = []
     failed: list[dict[str, Any]] = []
