@@ -142,7 +142,7 @@ def test_panel_tiles_are_chosen_deterministically(trained):
 
 
 def _stitched_confusion(shards, checkpoint, num_classes):
-    """Single-process reference: each pixel takes the prediction of the tile whose centre is nearest."""
+    """Single-process reference: each pixel takes the prediction of the tile whose centre is nearest along each axis."""
     model, _ = load_model(checkpoint)
     table = pq.read_table(sorted((shards / "test").glob("*.parquet"))).to_pylist()
     total = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -152,10 +152,14 @@ def _stitched_confusion(shards, checkpoint, num_classes):
         origins = [(round(r[Column.X] / r[Column.DOWNSAMPLE]), round(r[Column.Y] / r[Column.DOWNSAMPLE])) for r in rows]
         width = max(ox + r[Column.VALID_WIDTH] for (ox, _), r in zip(origins, rows, strict=True))
         height = max(oy + r[Column.VALID_HEIGHT] for (_, oy), r in zip(origins, rows, strict=True))
-        best = np.full((height, width), np.inf)
         prediction = np.zeros((height, width), dtype=np.int64)
         target = np.full((height, width), 255, dtype=np.int64)
-        yy, xx = np.mgrid[0:size, 0:size]
+        column_origins = np.array(sorted({ox for ox, _ in origins}))
+        row_origins = np.array(sorted({oy for _, oy in origins}))
+        column_owner = column_origins[np.argmin(
+            np.abs(np.arange(width)[:, None] + 0.5 - (column_origins + size / 2)[None, :]), axis=1)]
+        row_owner = row_origins[np.argmin(
+            np.abs(np.arange(height)[:, None] + 0.5 - (row_origins + size / 2)[None, :]), axis=1)]
         for (ox, oy), row in zip(origins, rows, strict=True):
             image = decode_png(row[Column.IMAGE_PNG], channels=3)
             mask = decode_png(row[Column.MASK_PNG], channels=1)
@@ -164,12 +168,10 @@ def _stitched_confusion(shards, checkpoint, num_classes):
             predicted.model = model
             tile_prediction = predicted.predict(image[None])[0]
             h, w = min(size, height - oy), min(size, width - ox)
-            # Chebyshev-style distance per axis matches "nearest centre along each axis".
-            distance = np.maximum(np.abs(yy - size / 2 + 0.5), np.abs(xx - size / 2 + 0.5))[:h, :w]
+            # A pixel belongs to this tile when this tile's centre is the nearest one along each axis.
             region = (slice(oy, oy + h), slice(ox, ox + w))
-            closer = distance < best[region]
-            best[region] = np.where(closer, distance, best[region])
-            prediction[region] = np.where(closer, tile_prediction[:h, :w], prediction[region])
+            owned = (column_owner[ox : ox + w][None, :] == ox) & (row_owner[oy : oy + h][:, None] == oy)
+            prediction[region] = np.where(owned, tile_prediction[:h, :w], prediction[region])
             target[region] = mask[:h, :w]
         total += confusion_matrix(target, prediction, num_classes=num_classes, ignore_index=255)
     return total
