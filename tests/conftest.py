@@ -38,6 +38,18 @@ def ray_start_4_cpus():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def module_tmp_path(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """A folder for one module's shared outputs, removed when the module ends.
+
+    Training checkpoints of the full-size models take about 0.5 GB each, so
+    module outputs must not pile up on disk until the session ends.
+    """
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def copy_glas(destination: Path, names: list[str]) -> tuple[Path, Path]:
     """Copy the named GlaS image/mask pairs into ``destination``; return (images, masks) folders."""
     images, masks = destination / "images", destination / "masks"

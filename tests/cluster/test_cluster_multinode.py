@@ -23,9 +23,9 @@ DRIVER_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
-def multinode_result(tmp_path_factory) -> dict:
-    """Run the driver once and return its findings; the log is kept next to them for failures."""
-    root = tmp_path_factory.mktemp("multinode")
+def multinode_result(module_tmp_path) -> dict:
+    """Run the driver once and return its findings; a failure shows the tail of the driver's log."""
+    root = module_tmp_path
     images, masks = copy_glas(root / "input", GLAS_SUBSET)
     result_path, log_path = root / "result.json", root / "driver.log"
     env = {

@@ -36,9 +36,9 @@ VARIANTS = ["deeplabv3plus_resnet50", "cancerseg_xa"]
 
 
 @pytest.fixture(scope="module")
-def trained(ray_start_4_cpus, tmp_path_factory):
+def trained(ray_start_4_cpus, module_tmp_path):
     """Ingest six GlaS images, train two variants for one short epoch, and return the folders."""
-    root = tmp_path_factory.mktemp("pipeline")
+    root = module_tmp_path
     shards = ingest_tiny_glas(root, stride=64)
     runs = root / "runs"
     records = run_training_grid(TrainGridConfig(

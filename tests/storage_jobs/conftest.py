@@ -59,8 +59,6 @@ def s3_uri(s3_endpoint) -> Callable[[str], str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_shards(ray_start_4_cpus, tmp_path_factory):
+def tiny_shards(ray_start_4_cpus, module_tmp_path):
     """Six GlaS images at 2.48 um/px cut into 128-pixel tiles: 24 tiles in three splits, written locally."""
-    root = tmp_path_factory.mktemp("storage_shards")
-    shards = ingest_tiny_glas(root)
-    return shards
+    return ingest_tiny_glas(module_tmp_path / "storage_shards")

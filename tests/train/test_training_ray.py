@@ -118,9 +118,9 @@ def test_resume_after_killed_worker(tiny_shards, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def concurrent_grid(tiny_shards, tmp_path_factory):
+def concurrent_grid(tiny_shards, module_tmp_path):
     """Two seeds trained at the same time, one worker each, without augmentation."""
-    output = tmp_path_factory.mktemp("concurrent")
+    output = module_tmp_path / "concurrent"
     run_training_grid(grid_config(tiny_shards, output, seeds=[0, 1], epochs=2, max_train_batches=2,
                                   max_concurrent_runs=2, scaling={"num_workers": 1},
                                   augmentation={"enabled": False}))
