@@ -18,6 +18,7 @@ pyarrow 26 also reads the endpoint from ``AWS_ENDPOINT_URL``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -290,6 +291,33 @@ def exists(location: Location, *, filesystem: pafs.FileSystem | None = None) -> 
         return resolved.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def without_query(location: Location) -> str:
+    """Return ``location`` as text without its URI query (``?endpoint_override=...``).
+
+    Records such as an ingest manifest keep object-store paths in this form, so
+    that they name the object but no endpoint or other option of one machine.
+    A local path is returned as text unchanged.
+    """
+    text = os.fspath(location) if isinstance(location, os.PathLike) else str(location)
+    if not _scheme(location):
+        return text
+    return text.split("?", 1)[0]
+
+
+def sha256(location: Location, *, filesystem: pafs.FileSystem | None = None) -> str:
+    """Compute the SHA-256 of a file or object as a hex digest, streaming it in chunks.
+
+    Raises:
+        StorageNotFoundError: If nothing exists at ``location``.
+    """
+    resolved, path = resolve(location, filesystem=filesystem)
+    digest = hashlib.sha256()
+    with _storage_errors(location, "read", resolved, path), resolved.open_input_stream(path) as stream:
+        for chunk in iter(lambda: stream.read(DOWNLOAD_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def list_files(location: Location, *, suffix: str = "", filesystem: pafs.FileSystem | None = None) -> list[str]:
     """List the files below a folder or prefix, recursively, as paths relative to it, sorted.
 
@@ -421,3 +449,29 @@ def download(location: Location, target: str | Path, *, filesystem: pafs.FileSys
                         chunk_size=DOWNLOAD_CHUNK_BYTES)
     logger.info("copied %s to %s", _display(location), target)
     return target
+
+
+def location_name(location: Location) -> str:
+    """Return the last path segment of a location, without a URI's query options.
+
+    ``location_name("s3://bucket/runs/best.pt?region=eu-west-1")`` is ``"best.pt"``.
+    """
+    if not _scheme(location):
+        return Path(location).name
+    base = str(location).partition("?")[0].rstrip("/")
+    return base.rsplit("/", 1)[-1] if "/" in base.split("://", 1)[1] else ""
+
+
+def parent_location(location: Location) -> str:
+    """Return the folder or prefix that contains a location, keeping a URI's scheme and query options.
+
+    Raises:
+        InvalidURIError: If the URI names only a bucket, which has no parent.
+    """
+    if not _scheme(location):
+        return str(Path(location).parent)
+    base, separator, query = str(location).partition("?")
+    scheme, _, rest = base.rstrip("/").partition("://")
+    if "/" not in rest:
+        raise InvalidURIError(f"storage URI {_display(location)!r} names a bucket, which has no parent folder")
+    return f"{scheme}://{rest.rsplit('/', 1)[0]}" + (f"?{query}" if separator else "")

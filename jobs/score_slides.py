@@ -7,7 +7,8 @@ Example:
 Each slide gets a folder with mask.tiff, annotations.geojson, overlay.png and
 result.json. summary.csv lists every slide as scored, skipped (finished on an
 earlier run with the same checkpoint and settings) or failed, with the error.
-The exit status is 1 when some slide failed.
+The output may be an s3:// or gs:// URI. The exit status is 1 when some slide
+failed and 2 on a config or storage error.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import logging
 import sys
 from pathlib import Path
 
+from cancerseg_ray import storage
 from cancerseg_ray.config import load_yaml_config
 from cancerseg_ray.errors import CancerSegError
 from cancerseg_ray.runtime import configure_logging, init_ray
-from cancerseg_ray.serve.batch import FAILED, score_slides
+from cancerseg_ray.serve.batch import FAILED, SUMMARY_FILE, score_slides
 from cancerseg_ray.serve.config import BatchScoreConfig
 
 logger = logging.getLogger("score_slides")
@@ -29,14 +31,17 @@ logger = logging.getLogger("score_slides")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, type=Path, help="BatchScoreConfig YAML")
-    parser.add_argument("--slides-dir", type=Path, help="folder searched recursively for slides")
-    parser.add_argument("--manifest", type=Path, help="CSV with a path column and optional slide_id and mpp columns")
-    parser.add_argument("--output", type=Path, help="output folder")
+    # Plain strings, so that the config reports a URI given here instead of Path collapsing its "//".
+    parser.add_argument("--slides-dir", help="local folder searched recursively for slides")
+    parser.add_argument("--manifest", help="local CSV with a path column (local paths or s3:// or gs:// URIs) "
+                        "and optional slide_id and mpp columns")
+    parser.add_argument("--output", help="output folder: a local path or an s3:// or gs:// URI")
     parser.add_argument("--mpp", type=float, help="level-0 resolution of every slide in µm/px")
     parser.add_argument("--num-actors", type=int, help="model actors scoring slides in parallel")
     parser.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per model actor")
     parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or an embedded Ray")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        type=str.upper, help="logging level (default INFO)")
     args = parser.parse_args(argv)
 
     configure_logging(args.log_level)
@@ -44,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_yaml_config(args.config, BatchScoreConfig, slides_dir=args.slides_dir, manifest=args.manifest,
                                   output_dir=args.output, mpp_override=args.mpp, num_actors=args.num_actors,
                                   use_gpu=args.use_gpu)
+        storage.check_bucket(config.output_dir)
         init_ray(args.address)
         summary = score_slides(config)
     except CancerSegError as error:
@@ -52,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = summary[summary["status"] == FAILED]
     for row in failed.itertuples():
         logger.error("failed: %s (%s): %s", row.slide_id, row.path, row.error)
-    logger.info("summary: %s", (config.output_dir / "summary.csv").resolve())
+    summary_location = storage.join(config.output_dir, SUMMARY_FILE)
+    if not storage.is_remote(summary_location):
+        summary_location = storage.resolve(summary_location)[1]
+    logger.info("summary: %s", storage.redact(summary_location))
     return 1 if len(failed) else 0
 
 

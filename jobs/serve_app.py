@@ -27,14 +27,16 @@ logger = logging.getLogger("serve_app")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, type=Path, help="ServeConfig YAML (see configs/serve/local.yaml)")
-    parser.add_argument("--data-root", type=Path, help="folder that slide paths must resolve inside")
-    parser.add_argument("--output-root", type=Path, help="folder for slide jobs and their outputs")
+    # Plain strings, so that the config reports a URI given here instead of Path collapsing its "//".
+    parser.add_argument("--data-root", help="local folder that slide paths must resolve inside")
+    parser.add_argument("--output-root", help="local or shared folder for slide jobs and their outputs")
     parser.add_argument("--replicas", type=int, help="replicas of the model deployment")
     parser.add_argument("--gpus-per-replica", type=float, help="GPUs reserved by each model replica")
     parser.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy binds; 0.0.0.0 exposes it")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port")
     parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or an embedded Ray")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        type=str.upper, help="logging level (default INFO)")
     args = parser.parse_args(argv)
 
     configure_logging(args.log_level)

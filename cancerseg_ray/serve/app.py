@@ -31,6 +31,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
+from cancerseg_ray import storage
 from cancerseg_ray.errors import CancerSegError
 from cancerseg_ray.io.slides import open_slide
 from cancerseg_ray.serve.config import ServeConfig
@@ -167,10 +168,12 @@ class SegmentationModel:
         device: ``auto``, ``cpu`` or ``cuda``.
         max_batch_size: Largest batch formed from waiting requests.
         batch_wait_timeout_s: Maximum wait for a batch to fill, in seconds.
+        cache_dir: Local folder for a checkpoint downloaded from an object store.
     """
 
-    def __init__(self, info: ModelInfo, *, device: str, max_batch_size: int, batch_wait_timeout_s: float) -> None:
-        self.predictor = TilePredictor(info, device=device)
+    def __init__(self, info: ModelInfo, *, device: str, max_batch_size: int, batch_wait_timeout_s: float,
+                 cache_dir: Path | None = None) -> None:
+        self.predictor = TilePredictor(info, device=device, cache_dir=cache_dir)
         self.predict.set_max_batch_size(max_batch_size)
         self.predict.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._fatal_error: str | None = None
@@ -245,7 +248,7 @@ class SegmentationAPI:
         return ModelMetadata(
             variant=self.info.variant, epoch=self.info.epoch, class_names=self.info.class_names,
             colours=self.info.colours, ignore_index=self.info.ignore_index,
-            checkpoint_file=Path(self.info.checkpoint).name, checkpoint_sha256=self.info.checkpoint_sha256,
+            checkpoint_file=storage.location_name(self.info.checkpoint), checkpoint_sha256=self.info.checkpoint_sha256,
             mpp=self.info.mpp, tile_size=self.info.tile_size, dataset_name=self.info.dataset_name,
         )
 
@@ -422,7 +425,7 @@ def build_app(args: dict[str, Any] | ServeConfig) -> serve.Application:
         max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.num_cpus_per_replica, "num_gpus": config.num_gpus_per_replica},
     ).bind(info, device=config.model.device, max_batch_size=config.max_batch_size,
-           batch_wait_timeout_s=config.batch_wait_timeout_s)
+           batch_wait_timeout_s=config.batch_wait_timeout_s, cache_dir=config.model.cache_dir)
     return SegmentationAPI.options(
         num_replicas=config.ingress_replicas,
         max_ongoing_requests=config.max_ongoing_requests,
@@ -431,11 +434,19 @@ def build_app(args: dict[str, Any] | ServeConfig) -> serve.Application:
 
 
 def absolute_paths(config: ServeConfig) -> ServeConfig:
-    """Resolve the config's paths, so that replicas with another working folder find the same files."""
+    """Resolve the config's local paths, so that replicas with another working folder find the same files."""
     model = config.model.model_copy(update={
-        "best_file": None if config.model.best_file is None else config.model.best_file.resolve(),
-        "checkpoint": None if config.model.checkpoint is None else config.model.checkpoint.resolve(),
+        "best_file": _absolute_location(config.model.best_file),
+        "checkpoint": _absolute_location(config.model.checkpoint),
+        "cache_dir": None if config.model.cache_dir is None else config.model.cache_dir.resolve(),
     })
     return config.model_copy(update={
         "model": model, "data_root": config.data_root.resolve(), "output_root": config.output_root.resolve(),
     })
+
+
+def _absolute_location(location: str | None) -> str | None:
+    """Make a local path absolute and pass an object-store URI through."""
+    if location is None or storage.is_remote(location):
+        return location
+    return str(Path(location).resolve())

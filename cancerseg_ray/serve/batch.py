@@ -7,12 +7,19 @@ predictions on the actor, and actors work on different slides in parallel.
 A slide whose folder already holds a ``result.json`` from the same
 checkpoint and settings is skipped, and a slide that fails is reported in
 the summary while the others go on.
+
+The output folder may be an ``s3://`` or ``gs://`` URI. An actor then writes
+a slide's files to a local temporary folder and uploads them when the slide
+is finished, ``result.json`` last, so a slide prefix with ``result.json`` is
+complete. Manifest entries may name slides by URI as well. An actor downloads
+each such slide to a temporary file, because OpenSlide reads local files only.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +29,11 @@ import pandas as pd
 import ray
 from pydantic import BaseModel
 
+from cancerseg_ray import storage
 from cancerseg_ray.errors import CancerSegError, ConfigError
 from cancerseg_ray.serve.config import BatchScoreConfig, ScoringConfig
 from cancerseg_ray.serve.inference import score_slide
-from cancerseg_ray.serve.outputs import SlideScore, read_slide_score
+from cancerseg_ray.serve.outputs import SlideScore, publish_slide_outputs, read_slide_score
 from cancerseg_ray.serve.predictor import ModelInfo, TilePredictor, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -35,7 +43,7 @@ SCORED, SKIPPED, FAILED = "scored", "skipped", "failed"
 
 
 class SlideEntry(BaseModel):
-    """A slide to score: its id (the output folder name), file and optional resolution override."""
+    """A slide to score: its id (the output folder name), local file or URI, and optional resolution override."""
 
     slide_id: str
     path: str
@@ -82,20 +90,35 @@ def _read_manifest(path: Path, mpp_override: float | None) -> list[SlideEntry]:
         raise ConfigError(f"manifest {path} has no 'path' column; its columns are {list(table.columns)}")
     entries = []
     for row in table.itertuples(index=False):
-        slide_path = Path(str(row.path))
-        if not slide_path.is_absolute():
-            slide_path = path.parent / slide_path
-        slide_id = str(getattr(row, "slide_id", "") or "") or slide_path.stem
+        slide_location, stem = _manifest_location(path, str(row.path))
+        slide_id = str(getattr(row, "slide_id", "") or "") or stem
         mpp = getattr(row, "mpp", None)
         mpp = mpp_override if mpp is None or (isinstance(mpp, float) and math.isnan(mpp)) else float(mpp)
-        entries.append(SlideEntry(slide_id=slide_id, path=str(slide_path.resolve()), mpp=mpp))
+        entries.append(SlideEntry(slide_id=slide_id, path=slide_location, mpp=mpp))
     return entries
+
+
+def _manifest_location(manifest: Path, value: str) -> tuple[str, str]:
+    """Return a manifest entry's slide location (absolute path or URI) and its default slide id."""
+    try:
+        remote = storage.is_remote(value)
+    except storage.InvalidURIError as error:
+        raise ConfigError(f"manifest {manifest}: {error}") from error
+    if remote:
+        name = storage.location_name(value)
+        if not name:
+            raise ConfigError(f"manifest {manifest}: slide URI {storage.redact(value)!r} names no file")
+        return value, Path(name).stem
+    slide_path = Path(value)
+    if not slide_path.is_absolute():
+        slide_path = manifest.parent / slide_path
+    return str(slide_path.resolve()), slide_path.stem
 
 
 def summary_row(entry: SlideEntry, status: str, *, score: SlideScore | None = None, error: str = "",
                 seconds: float = 0.0) -> dict[str, Any]:
     """Build one summary row; per-class columns are ``<class>_area_um2`` and ``<class>_fraction``."""
-    row: dict[str, Any] = {"slide_id": entry.slide_id, "path": entry.path, "status": status, "error": error,
+    row: dict[str, Any] = {"slide_id": entry.slide_id, "path": storage.redact(entry.path), "status": status, "error": error,
                            "seconds": round(seconds, 2)}
     if score is not None:
         row.update(tiles_scored=score.tiles_scored, tissue_area_um2=score.tissue_area_um2)
@@ -111,15 +134,18 @@ class SlideScorer:
     Args:
         info: Metadata of the model to load.
         scoring: Tiling, blending and output settings.
-        output_dir: Folder that receives one subfolder per slide.
+        output_dir: Folder or ``s3://`` / ``gs://`` URI that receives one subfolder per slide.
         use_gpu: Predict on the actor's GPU.
+        cache_dir: Local folder for a checkpoint downloaded from an object store.
     """
 
-    def __init__(self, *, info: ModelInfo, scoring: ScoringConfig, output_dir: str, use_gpu: bool) -> None:
+    def __init__(self, *, info: ModelInfo, scoring: ScoringConfig, output_dir: str, use_gpu: bool,
+                 cache_dir: Path | None = None) -> None:
         self.info = info
         self.scoring = scoring
-        self.output_dir = Path(output_dir)
-        self.predictor = TilePredictor(info, device="cuda" if use_gpu else "cpu")
+        self.output_dir = output_dir
+        self.remote_output = storage.is_remote(output_dir)
+        self.predictor = TilePredictor(info, device="cuda" if use_gpu else "cpu", cache_dir=cache_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = []
@@ -127,23 +153,54 @@ class SlideScorer:
             entry = SlideEntry(slide_id=str(slide_id), path=str(path), mpp=None if math.isnan(mpp) else float(mpp))
             rows.append(self.score(entry))
         # Every row carries every key, so that Ray Data builds one column per key.
-        return {key: np.array([str(row[key]) for row in rows]) for key in ("slide_id", "status", "error")}
+        return {key: np.array([str(row[key]) for row in rows]) for key in ("slide_id", "status", "error", "result")}
 
     def score(self, entry: SlideEntry) -> dict[str, Any]:
-        """Score one slide and return its status; a slide error becomes a failed status, never an exception."""
+        """Score one slide and return its status; a slide error becomes a failed status, never an exception.
+
+        The returned ``result`` is the slide's ``result.json`` text, or ``""`` when it failed.
+        """
         started = time.perf_counter()
         try:
-            score_slide(entry.path, predict=self.predictor.predict, model=self.info, config=self.scoring,
-                        output_dir=self.output_dir / entry.slide_id, mpp_override=entry.mpp, slide_id=entry.slide_id)
+            with tempfile.TemporaryDirectory(prefix="cancerseg-slide-") as scratch:
+                score = self._score_in(entry, Path(scratch))
         except (CancerSegError, OSError) as error:
-            logger.error("slide %s (%s) failed after %.1f s: %s", entry.slide_id, entry.path,
+            logger.error("slide %s (%s) failed after %.1f s: %s", entry.slide_id, storage.redact(entry.path),
                          time.perf_counter() - started, error)
-            return {"slide_id": entry.slide_id, "status": FAILED, "error": str(error)}
-        return {"slide_id": entry.slide_id, "status": SCORED, "error": ""}
+            return {"slide_id": entry.slide_id, "status": FAILED, "error": str(error), "result": ""}
+        return {"slide_id": entry.slide_id, "status": SCORED, "error": "", "result": score.model_dump_json()}
+
+    def _score_in(self, entry: SlideEntry, scratch: Path) -> SlideScore:
+        """Score a slide, with a downloaded slide and outputs bound for an object store kept in ``scratch``."""
+        slide_location = None
+        slide_path = Path(entry.path)
+        if storage.is_remote(entry.path):
+            slide_location = storage.redact(entry.path)
+            slide_path = storage.download(entry.path, scratch / "slide" / storage.location_name(entry.path))
+
+        if not self.remote_output:
+            return score_slide(slide_path, predict=self.predictor.predict, model=self.info, config=self.scoring,
+                               output_dir=Path(self.output_dir) / entry.slide_id, mpp_override=entry.mpp,
+                               slide_id=entry.slide_id, slide_location=slide_location)
+
+        folder = scratch / "outputs" / entry.slide_id
+        score = score_slide(slide_path, predict=self.predictor.predict, model=self.info, config=self.scoring,
+                            output_dir=folder, mpp_override=entry.mpp, slide_id=entry.slide_id,
+                            slide_location=slide_location)
+        location = storage.join(self.output_dir, entry.slide_id)
+        publish_slide_outputs(folder, location)
+        logger.info("%s: outputs uploaded to %s", entry.slide_id, storage.redact(location))
+        return score
 
 
-def _already_scored(entry: SlideEntry, output_dir: Path, info: ModelInfo, scoring: ScoringConfig) -> SlideScore | None:
-    previous = read_slide_score(output_dir / entry.slide_id)
+def _slide_folder(output_dir: str, slide_id: str) -> str | Path:
+    if storage.is_remote(output_dir):
+        return storage.join(output_dir, slide_id)
+    return Path(output_dir) / slide_id
+
+
+def _already_scored(entry: SlideEntry, output_dir: str, info: ModelInfo, scoring: ScoringConfig) -> SlideScore | None:
+    previous = read_slide_score(_slide_folder(output_dir, entry.slide_id))
     if previous is None:
         return None
     same_resolution = entry.mpp is None or math.isclose(previous.slide_mpp, entry.mpp, rel_tol=1e-6)
@@ -155,18 +212,31 @@ def _already_scored(entry: SlideEntry, output_dir: Path, info: ModelInfo, scorin
 def score_slides(config: BatchScoreConfig) -> pd.DataFrame:
     """Score every listed slide and write ``summary.csv`` into the output folder.
 
+    An object-store output's bucket is checked first, so a missing bucket
+    fails before the model is loaded or any Ray work starts.
+
     Returns:
         The summary: one row per slide with status ``scored``, ``skipped`` or
         ``failed``, the error of a failed slide, and per-class areas.
 
     Raises:
         ConfigError: If the model's resolution is unknown or the slide list is invalid.
+        StorageNotFoundError: If the output's bucket does not exist.
+        StorageError: If the object store of the output cannot be reached.
     """
+    output_dir = config.output_dir
+    if storage.is_remote(output_dir):
+        storage.check_bucket(output_dir)
+    else:
+        # Actors with another working folder must write to the same place. This also turns file:// URIs into paths.
+        output_dir = storage.resolve(output_dir)[1]
     info = resolve_model(config.model)
     if info.mpp is None:
-        raise ConfigError(f"the resolution of {info.checkpoint} is unknown; set model.model_mpp to score slides")
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(
+            f"the resolution of {storage.redact(info.checkpoint)} is unknown; set model.model_mpp to score slides"
+        )
+    if not storage.is_remote(output_dir):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
     entries = list_slides(config)
 
     rows: list[dict[str, Any]] = []
@@ -188,21 +258,20 @@ def score_slides(config: BatchScoreConfig) -> pd.DataFrame:
             concurrency=min(config.num_actors, len(items)),
             num_cpus=config.cpus_per_actor,
             num_gpus=1 if config.use_gpu else 0,
-            fn_constructor_kwargs={"info": info, "scoring": config.scoring, "output_dir": str(output_dir),
-                                   "use_gpu": config.use_gpu},
+            fn_constructor_kwargs={"info": info, "scoring": config.scoring, "output_dir": output_dir,
+                                   "use_gpu": config.use_gpu, "cache_dir": config.model.cache_dir},
         ).take_all()
         by_id = {entry.slide_id: entry for entry in pending}
         for status in statuses:
             entry = by_id[status["slide_id"]]
-            score = read_slide_score(output_dir / entry.slide_id) if status["status"] == SCORED else None
+            score = SlideScore.model_validate_json(status["result"]) if status["status"] == SCORED else None
             rows.append(summary_row(entry, status["status"], score=score, error=status["error"],
                                     seconds=score.seconds if score else 0.0))
 
     summary = pd.DataFrame(rows).sort_values("slide_id").reset_index(drop=True)
-    summary_path = output_dir / SUMMARY_FILE
-    temporary = summary_path.with_name(f".{SUMMARY_FILE}.partial")
-    summary.to_csv(temporary, index=False)
-    temporary.replace(summary_path)
+    summary_location = storage.join(output_dir, SUMMARY_FILE)
+    # write_bytes replaces a local summary.csv atomically; an object becomes visible only once uploaded.
+    storage.write_bytes(summary_location, summary.to_csv(index=False).encode("utf-8"))
     counts = summary["status"].value_counts().to_dict()
-    logger.info("summary written to %s: %s", summary_path, counts)
+    logger.info("summary written to %s: %s", storage.redact(summary_location), counts)
     return summary

@@ -6,9 +6,35 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from cancerseg_ray import storage
 
 MIB = 1 << 20
+
+# What to do instead, per config field that takes local paths only.
+_LOCAL_ONLY_REASONS = {
+    "slides_dir": "OpenSlide reads local files, so download the slides first or list their URIs in a manifest",
+    "manifest": "download the manifest first; its path entries may be s3:// or gs:// URIs",
+    "data_root": "OpenSlide reads local files, so mount or download the slides",
+    "output_root": "slide jobs of the HTTP API keep their status and outputs on a local or shared file system; "
+    "score slides to an object store with jobs/score_slides.py",
+}
+
+
+def _local_only(value: object, info: ValidationInfo) -> object:
+    """Reject an object-store URI for a field that must name a local file or folder.
+
+    ``Path("s3://bucket/x")`` would collapse to ``s3:/bucket/x`` and name a
+    local folder called ``s3:``, so the text is checked before pydantic turns it into a path.
+    """
+    text = storage.location_text(value)
+    if isinstance(text, str) and "://" in text and storage.is_remote(text):
+        raise ValueError(
+            f"{info.field_name} must be a local path, got the URI {storage.redact(text)!r}; "
+            f"{_LOCAL_ONLY_REASONS.get(info.field_name, 'copy the files to a local folder first')}"
+        )
+    return value
 
 
 class BlendMode(StrEnum):
@@ -35,13 +61,24 @@ class ModelSource(BaseModel):
     Give either ``best_file`` (the ``best.json`` written by the evaluation job)
     or ``checkpoint``. ``model_mpp`` and ``tile_size`` override the values
     stored in ``best.json``; with a bare checkpoint, ``model_mpp`` is needed to
-    score whole slides.
+    score whole slides. Both may be ``s3://`` or ``gs://`` URIs, and so may the
+    checkpoint that ``best.json`` names. Each process that loads the model
+    downloads such a checkpoint once into ``cache_dir``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    best_file: Path | None = Field(default=None, description="best.json written by the evaluation job.")
-    checkpoint: Path | None = Field(default=None, description="checkpoint.pt file or its folder.")
+    best_file: str | None = Field(
+        default=None, description="best.json written by the evaluation job: a local path or an s3:// or gs:// URI."
+    )
+    checkpoint: str | None = Field(
+        default=None, description="checkpoint.pt file or its folder, or a checkpoint file at an s3:// or gs:// URI."
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Local folder for checkpoints downloaded from an object store; default "
+        "cancerseg-checkpoints in the system's temporary folder.",
+    )
     model_mpp: float | None = Field(
         default=None, gt=0, description="Resolution the model was trained at, in micrometres per pixel."
     )
@@ -51,6 +88,8 @@ class ModelSource(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Torch device; auto picks CUDA when a GPU is visible."
     )
+
+    _location_text = field_validator("best_file", "checkpoint", mode="before")(storage.location_text)
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
@@ -125,7 +164,9 @@ class ServeConfig(BaseModel):
     model: ModelSource
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     data_root: Path = Field(description="Folder that every slide path of a request must resolve inside.")
-    output_root: Path = Field(description="Folder for slide jobs: uploads, status files and outputs.")
+    output_root: Path = Field(
+        description="Local or shared folder for slide jobs: uploads, status files and outputs (no object-store URI)."
+    )
     max_tile_upload_bytes: int = Field(default=32 * MIB, ge=1, description="Largest tile upload, in bytes.")
     max_slide_upload_bytes: int = Field(default=4096 * MIB, ge=1, description="Largest slide upload, in bytes.")
     max_tile_side: int = Field(default=2048, ge=16, description="Largest width or height of an uploaded tile, in pixels.")
@@ -148,6 +189,8 @@ class ServeConfig(BaseModel):
     max_ongoing_requests: int = Field(
         default=64, ge=1, description="Requests a model replica, or an ingress replica, accepts at once."
     )
+
+    _local_paths = field_validator("data_root", "output_root", mode="before")(_local_only)
 
     @model_validator(mode="after")
     def _batch_fits_requests(self) -> Self:
@@ -174,13 +217,18 @@ class BatchScoreConfig(BaseModel):
         default_factory=lambda: [".svs", ".ndpi", ".tif", ".tiff", ".scn", ".mrxs", ".bif", ".svslide"],
         description="File suffixes taken as slides when slides_dir is searched.",
     )
-    output_dir: Path = Field(description="Folder with one subfolder per slide and the summary table.")
+    output_dir: str = Field(
+        description="Folder with one subfolder per slide and the summary table: a local path or an s3:// or gs:// URI."
+    )
     mpp_override: float | None = Field(
         default=None, gt=0, description="Level-0 resolution of every slide, in micrometres per pixel."
     )
     num_actors: int = Field(default=1, ge=1, description="Model actors scoring slides in parallel.")
     use_gpu: bool = Field(default=False, description="One GPU per model actor.")
     cpus_per_actor: float = Field(default=1.0, gt=0.0, description="CPUs reserved by each model actor.")
+
+    _output_text = field_validator("output_dir", mode="before")(storage.location_text)
+    _local_inputs = field_validator("slides_dir", "manifest", mode="before")(_local_only)
 
     @model_validator(mode="after")
     def _one_input(self) -> Self:

@@ -170,7 +170,8 @@ def _read_tiles(reader: BaseReader, grid: SlideGrid, positions: Sequence[TilePos
 
 
 def score_slide(slide_path: str | Path, *, predict: PredictFn, model: ModelInfo, config: ScoringConfig,
-                output_dir: str | Path, mpp_override: float | None = None, slide_id: str | None = None) -> SlideScore:
+                output_dir: str | Path, mpp_override: float | None = None, slide_id: str | None = None,
+                slide_location: str | None = None) -> SlideScore:
     """Segment a whole slide and write its outputs into ``output_dir``.
 
     Outputs: ``mask.tiff`` (pyramidal class mask), ``annotations.geojson``
@@ -186,6 +187,8 @@ def score_slide(slide_path: str | Path, *, predict: PredictFn, model: ModelInfo,
         output_dir: Folder for the outputs; created if missing.
         mpp_override: Level-0 resolution of the slide in µm/px, replacing its metadata.
         slide_id: Name recorded in the result; default the file stem.
+        slide_location: Where the slide came from, recorded in the result instead
+            of ``slide_path`` (for a local copy of a slide in an object store).
 
     Returns:
         The result that was written to ``result.json``.
@@ -237,7 +240,10 @@ def score_slide(slide_path: str | Path, *, predict: PredictFn, model: ModelInfo,
         )
     if not config.keep_probabilities:
         shutil.rmtree(output_dir / PREDICTION_STORE, ignore_errors=True)
-    score = score.model_copy(update={"seconds": round(time.perf_counter() - started, 2)})
+    update: dict[str, object] = {"seconds": round(time.perf_counter() - started, 2)}
+    if slide_location is not None:
+        update["slide_path"] = slide_location
+    score = score.model_copy(update=update)
     write_slide_score(score, output_dir)
     logger.info("%s scored in %.1f s; outputs in %s", slide_path.name, score.seconds, output_dir)
     return score

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.splits import write_json_atomic
 from cancerseg_ray.errors import ConfigError
 from cancerseg_ray.io.slides import BaseReader
@@ -201,13 +202,61 @@ def write_slide_score(score: SlideScore, output_dir: Path) -> Path:
     return path
 
 
-def read_slide_score(output_dir: Path) -> SlideScore | None:
-    """Read a slide folder's ``result.json``, or return None when it is missing or unreadable."""
-    path = Path(output_dir) / RESULT_FILE
-    if not path.is_file():
-        return None
+def read_slide_score(output_dir: str | Path) -> SlideScore | None:
+    """Read a slide folder's ``result.json``, or return None when it is missing or unreadable.
+
+    ``output_dir`` is a local folder or the slide's prefix at an ``s3://`` or
+    ``gs://`` URI. An object store that cannot be read is logged and taken as
+    a missing result, so the slide is scored again.
+    """
+    if not storage.is_remote(output_dir):
+        path = Path(output_dir) / RESULT_FILE
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+    else:
+        location = storage.join(output_dir, RESULT_FILE)
+        try:
+            data = storage.read_bytes(location)
+        except storage.StorageNotFoundError:
+            return None
+        except storage.StorageError as error:
+            logger.warning("failed to read %s (%s); the slide will be scored again", storage.redact(location), error)
+            return None
     try:
-        return SlideScore.model_validate_json(path.read_text())
+        return SlideScore.model_validate_json(data)
     except ValueError as error:
-        logger.warning("%s is unreadable (%s); the slide will be scored again", path, error)
+        logger.warning("%s is unreadable (%s); the slide will be scored again",
+                       storage.redact(storage.join(output_dir, RESULT_FILE)), error)
         return None
+
+
+def publish_slide_outputs(folder: Path, location: str) -> list[str]:
+    """Upload a finished slide folder to an object store, ``result.json`` last.
+
+    A ``result.json`` left at ``location`` by an earlier run is deleted first,
+    so that a slide whose upload stops halfway is never taken as finished.
+    Every other file or folder (``prediction.zarr`` included) is uploaded
+    before the new ``result.json``.
+
+    Args:
+        folder: Local slide folder written by ``score_slide``.
+        location: The slide's prefix at an ``s3://`` or ``gs://`` URI.
+
+    Returns:
+        The names uploaded, in upload order.
+
+    Raises:
+        StorageError: If an upload or the deletion fails.
+        StorageNotFoundError: If ``folder`` has no ``result.json``.
+    """
+    result = folder / RESULT_FILE
+    if not result.is_file():
+        raise storage.StorageNotFoundError(f"failed to upload {folder}: it has no {RESULT_FILE}, so the slide is unfinished")
+    previous = storage.join(location, RESULT_FILE)
+    if storage.exists(previous):
+        storage.delete_file(previous)
+    names = sorted(entry.name for entry in folder.iterdir() if entry.name != RESULT_FILE) + [RESULT_FILE]
+    for name in names:
+        storage.upload(folder / name, storage.join(location, name))
+    return names

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.transforms import to_model_input
 from cancerseg_ray.errors import CheckpointError
+from cancerseg_ray.serve.checkpoint_cache import cached_checkpoint
 from cancerseg_ray.serve.config import ModelSource
 from cancerseg_ray.train.checkpoint import file_digest, load_checkpoint, load_model
 
@@ -29,7 +31,7 @@ class ModelInfo(BaseModel):
     """Metadata of the served model: everything a client needs to send tiles and read masks.
 
     Attributes:
-        checkpoint: Absolute path of the checkpoint file.
+        checkpoint: Absolute path of the checkpoint file, or its ``s3://`` or ``gs://`` URI.
         checkpoint_sha256: SHA-256 of that file.
         variant: Registered model variant.
         epoch: Training epoch the checkpoint was saved at.
@@ -74,27 +76,60 @@ def parse_colour(colour: str | list[int] | tuple[int, ...], *, source: str) -> t
     raise CheckpointError(f"{source}: class colour {colour!r} is neither '#rrggbb' nor [r, g, b] with 0-255 values")
 
 
-def _read_best_file(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"best-checkpoint file not found: {path}; run the evaluation job or give a checkpoint path")
+def _read_best_file(location: str) -> dict:
+    checkpoint_label = storage.redact(location)
+    if storage.is_remote(location):
+        try:
+            text = storage.read_bytes(location)
+        except storage.StorageNotFoundError as error:
+            raise CheckpointError(
+                f"best-checkpoint file not found: {checkpoint_label}; run the evaluation job or give a checkpoint path"
+            ) from error
+        except storage.StorageError as error:
+            raise CheckpointError(f"failed to read the best-checkpoint file {checkpoint_label}: {error}") from error
+    else:
+        path = Path(location)
+        if not path.is_file():
+            raise CheckpointError(f"best-checkpoint file not found: {path}; run the evaluation job or give a checkpoint path")
+        text = path.read_bytes()
     try:
-        best = json.loads(path.read_text())
+        best = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+        raise CheckpointError(f"{checkpoint_label} is not valid JSON: {error}") from error
     if not isinstance(best, dict) or "checkpoint" not in best:
-        raise CheckpointError(f"{path} has no 'checkpoint' field; it is not a best.json of the evaluation job")
+        raise CheckpointError(f"{checkpoint_label} has no 'checkpoint' field; it is not a best.json of the evaluation job")
     return best
 
 
-def _locate_checkpoint(best_path: Path, named: str) -> Path:
-    """Find the checkpoint best.json names: absolute, relative to the working folder, or to best.json's folder."""
+def _locate_checkpoint(best_location: str, named: str) -> str:
+    """Find the checkpoint best.json names.
+
+    A URI is taken as it is. A relative path is looked up in the working folder
+    and then in best.json's folder. When best.json is in an object store, a
+    relative path names an object beside it.
+    """
+    if storage.is_remote(named):
+        return named
     candidate = Path(named)
     if candidate.is_absolute():
-        return candidate
-    for base in (Path.cwd(), best_path.parent):
+        return named
+    if storage.is_remote(best_location):
+        return storage.join(storage.parent_location(best_location), *candidate.parts)
+    for base in (Path.cwd(), Path(best_location).parent):
         if (base / candidate).exists():
-            return base / candidate
-    return candidate
+            return str(base / candidate)
+    return named
+
+
+def checkpoint_file(info: ModelInfo, *, cache_dir: str | Path | None = None) -> Path:
+    """Return the local checkpoint file of a model, downloading one at an object-store URI into the cache.
+
+    Raises:
+        CheckpointError: If the download fails or the file differs from the one ``resolve_model`` read.
+    """
+    if storage.is_remote(info.checkpoint):
+        return cached_checkpoint(info.checkpoint, cache_dir=cache_dir, expected_sha256=info.checkpoint_sha256)
+    return Path(info.checkpoint)
 
 
 def resolve_model(source: ModelSource) -> ModelInfo:
@@ -102,49 +137,59 @@ def resolve_model(source: ModelSource) -> ModelInfo:
 
     The checkpoint is loaded with ``torch.load(weights_only=True)``, so no
     pickled code runs. When best.json gives ``checkpoint_sha256``, the file's
-    hash must match it.
+    hash must match it. A checkpoint at an object-store URI is downloaded into
+    ``source.cache_dir`` first, and ``ModelInfo.checkpoint`` keeps its URI, so
+    that processes on other nodes download it too.
 
     Raises:
         CheckpointError: If a file is missing or unreadable, or the hash differs.
     """
     best: dict = {}
     if source.best_file is not None:
-        best = _read_best_file(Path(source.best_file))
-        checkpoint_path = _locate_checkpoint(Path(source.best_file), str(best["checkpoint"]))
+        best = _read_best_file(source.best_file)
+        location = _locate_checkpoint(source.best_file, str(best["checkpoint"]))
     else:
-        checkpoint_path = Path(source.checkpoint)
-    if checkpoint_path.is_dir():
-        checkpoint_path = checkpoint_path / "checkpoint.pt"
-    checkpoint_path = checkpoint_path.resolve()
+        location = str(source.checkpoint)
+    expected = best.get("checkpoint_sha256")
+
+    if storage.is_remote(location):
+        checkpoint = location
+        checkpoint_path = cached_checkpoint(location, cache_dir=source.cache_dir, expected_sha256=expected)
+    else:
+        checkpoint_path = Path(location)
+        if checkpoint_path.is_dir():
+            checkpoint_path = checkpoint_path / "checkpoint.pt"
+        checkpoint_path = checkpoint_path.resolve()
+        checkpoint = str(checkpoint_path)
+    checkpoint_label = storage.redact(checkpoint)
 
     payload = load_checkpoint(checkpoint_path)
     digest = file_digest(checkpoint_path)
-    expected = best.get("checkpoint_sha256")
     if expected is not None and expected != digest:
         raise CheckpointError(
-            f"{checkpoint_path} has SHA-256 {digest}, but {source.best_file} expects {expected}; "
+            f"{checkpoint_label} has SHA-256 {digest}, but {storage.redact(source.best_file)} expects {expected}; "
             "the checkpoint changed after evaluation. Evaluate again or serve the checkpoint by path."
         )
 
     class_map = payload["class_map"]
     try:
         class_names = [str(name) for name in class_map["class_names"]]
-        colours = [parse_colour(colour, source=str(checkpoint_path)) for colour in class_map["colours"]]
+        colours = [parse_colour(colour, source=checkpoint_label) for colour in class_map["colours"]]
         ignore_index = int(class_map.get("ignore_index", 255))
     except (KeyError, TypeError) as error:
-        raise CheckpointError(f"{checkpoint_path}: class_map lacks class_names or colours ({error})") from error
+        raise CheckpointError(f"{checkpoint_label}: class_map lacks class_names or colours ({error})") from error
     if len(colours) != len(class_names):
         raise CheckpointError(
-            f"{checkpoint_path}: class_map has {len(class_names)} class names but {len(colours)} colours"
+            f"{checkpoint_label}: class_map has {len(class_names)} class names but {len(colours)} colours"
         )
 
     tile_size = source.tile_size or best.get("tile_size")
     if tile_size is None:
-        logger.warning("%s: no tile size in the config or best.json; using %d", checkpoint_path, DEFAULT_TILE_SIZE)
+        logger.warning("%s: no tile size in the config or best.json; using %d", checkpoint_label, DEFAULT_TILE_SIZE)
         tile_size = DEFAULT_TILE_SIZE
     mpp = source.model_mpp if source.model_mpp is not None else best.get("mpp")
     return ModelInfo(
-        checkpoint=str(checkpoint_path),
+        checkpoint=checkpoint,
         checkpoint_sha256=digest,
         variant=str(payload["model_config"]["variant"]),
         epoch=int(payload["epoch"]),
@@ -172,12 +217,14 @@ class TilePredictor:
     Args:
         info: Metadata from ``resolve_model``; its checkpoint is loaded here.
         device: ``auto``, ``cpu`` or ``cuda``.
+        cache_dir: Local folder for a checkpoint downloaded from an object store;
+            default ``cancerseg-checkpoints`` in the temporary folder.
     """
 
-    def __init__(self, info: ModelInfo, *, device: str = "auto") -> None:
+    def __init__(self, info: ModelInfo, *, device: str = "auto", cache_dir: str | Path | None = None) -> None:
         self.info = info
         self.device = pick_device(device)
-        self.model, _ = load_model(info.checkpoint, map_location=self.device)
+        self.model, _ = load_model(checkpoint_file(info, cache_dir=cache_dir), map_location=self.device)
         self.model.to(self.device)
         logger.info(
             "loaded %s (epoch %d, sha256 %s) on %s", info.variant, info.epoch, info.checkpoint_sha256[:12], self.device

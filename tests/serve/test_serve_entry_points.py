@@ -1,0 +1,35 @@
+"""Command-line checks of jobs/serve_app.py and jobs/score_slides.py that need no Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.score_slides import main as score_slides_main
+from jobs.serve_app import main as serve_app_main
+
+
+@pytest.mark.parametrize("main", [serve_app_main, score_slides_main], ids=["serve_app", "score_slides"])
+def test_unknown_log_level_is_usage_error(main, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(tmp_path / "config.yaml"), "--log-level", "VERBOSE"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "usage:" in error
+    assert "invalid choice: 'VERBOSE'" in error
+
+
+@pytest.mark.parametrize("main", [serve_app_main, score_slides_main], ids=["serve_app", "score_slides"])
+def test_log_level_is_case_insensitive(main, tmp_path):
+    # The missing config file is reported after the level was accepted, as a config error with status 2.
+    assert main(["--config", str(tmp_path / "missing.yaml"), "--log-level", "warning"]) == 2
+
+
+def test_score_slides_rejects_uri_slides_dir(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "score.yaml"
+    config.write_text("model:\n  checkpoint: model.pt\n")
+    code = score_slides_main(["--config", str(config), "--slides-dir", "s3://bucket/slides", "--output", "out"])
+    assert code == 2
+    assert "slides_dir must be a local path" in caplog.text
+    assert not (tmp_path / "s3:").exists()
+    assert not (tmp_path / "out").exists()
