@@ -7,6 +7,7 @@ folder ingest config of the demo.
 Examples:
     python jobs/make_shards.py --config configs/demo/ingest.yaml --output outputs/demo/shards
     python jobs/make_shards.py --config configs/ingest/slides.yaml --mpp 0.25
+    python jobs/make_shards.py --config configs/ingest/bcss.yaml --output s3://my-bucket/shards/bcss
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from cancerseg_ray import storage
 from cancerseg_ray.config import load_yaml_config
 from cancerseg_ray.data.config import FolderIngestConfig
 from cancerseg_ray.data.dataset_ingest import run_ingest
@@ -40,7 +42,12 @@ def _has_source(path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, type=Path, help="ingest config YAML")
-    parser.add_argument("--output", type=Path, help="shard folder; overrides output_dir in the config")
+    # A str, not a Path: Path("s3://bucket/x") would collapse the URI to s3:/bucket/x.
+    parser.add_argument(
+        "--output",
+        help="shard folder, or an s3:// or gs:// URI (S3 options such as endpoint_override in its query); "
+        "overrides output_dir in the config",
+    )
     parser.add_argument("--overwrite", action="store_true", default=None, help="re-tile items whose shards exist")
     parser.add_argument(
         "--mpp", type=float,
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except CancerSegError as error:
         logger.error("%s", error)
         return 2
-    logger.info("shards written to %s", result.output_dir)
+    logger.info("shards written to %s", storage.redact(result.output_dir))
     return 1 if result.failed else 0
 
 

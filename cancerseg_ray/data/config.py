@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.labels import LabelMap, load_label_map
 from cancerseg_ray.data.splits import GroupBy, SplitFractions
 from cancerseg_ray.data.tiling import EdgeMode
 from cancerseg_ray.io.images import IMAGE_EXTENSIONS
+
+OUTPUT_DIR_DESCRIPTION = (
+    "Shard folder: a local path, or an s3:// or gs:// URI (S3 options such as endpoint_override in its query)."
+)
 
 
 class SplitConfig(BaseModel):
@@ -65,9 +70,11 @@ class FolderIngestConfig(BaseModel):
     )
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     splits: SplitConfig = Field(default_factory=SplitConfig)
-    output_dir: Path = Path("outputs/shards")
+    output_dir: str = Field(default="outputs/shards", description=OUTPUT_DIR_DESCRIPTION)
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     overwrite: bool = Field(default=False, description="Re-tile images whose shards already exist.")
+
+    _location_text = field_validator("output_dir", mode="before")(storage.location_text)
 
     @model_validator(mode="after")
     def _load_label_map(self) -> FolderIngestConfig:

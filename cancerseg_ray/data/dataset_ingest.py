@@ -8,7 +8,8 @@ returns a summary. The driver then writes ``manifest.json`` (status, tile
 count and checksum per item), ``errors.json`` (failed items and why),
 ``splits.json``, ``dataset.json`` and ``class_stats.json``, and logs a
 summary table. A re-run skips items whose shards are recorded with matching
-checksums.
+checksums. The output is a local folder or an object-store URI (see
+``output_root``).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import ray
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.datasets.bcss import (
     count_mask_codes,
     find_rare_codes,
@@ -34,25 +36,25 @@ from cancerseg_ray.data.datasets.coco import list_coco_items, tile_coco
 from cancerseg_ray.data.datasets.pannuke import list_pannuke_items, tile_pannuke
 from cancerseg_ray.data.datasets.puma import list_puma_items
 from cancerseg_ray.data.datasets.slides import list_slide_items
-from cancerseg_ray.data.ingest import IngestResult, check_local_output, run_folder_ingest
+from cancerseg_ray.data.ingest import IngestResult, run_folder_ingest
 from cancerseg_ray.data.ingest_report import log_dataset_summary
-from cancerseg_ray.data.schema import SCHEMA_VERSION, Split
-from cancerseg_ray.data.shards import (
-    DATASET_FILE,
-    ERRORS_FILE,
-    MANIFEST_FILE,
-    SPLITS_FILE,
-    file_sha256,
-    shard_path,
+from cancerseg_ray.data.output_root import (
+    OutputRoot,
+    check_settings,
+    load_manifest,
+    remove_stale_shards,
+    write_run_files,
 )
+from cancerseg_ray.data.schema import SCHEMA_VERSION, Split
+from cancerseg_ray.data.shards import SPLITS_FILE
 from cancerseg_ray.data.slide_ingest import tile_slide
 from cancerseg_ray.data.sources import BcssSource, IngestConfig, PanNukeSource
 from cancerseg_ray.data.splits import (
     GroupBy,
     assign_splits,
     check_no_overlap,
+    read_splits_payload,
     save_splits,
-    write_json_atomic,
 )
 from cancerseg_ray.data.statistics import compute_class_statistics
 from cancerseg_ray.data.work_items import TileFunction, WorkerContext, WorkItem, run_work_item
@@ -96,8 +98,10 @@ def group_of(item: WorkItem, group_by: GroupBy) -> str | None:
     return item.slide_id or item.item_id
 
 
-def assign_item_splits(config: IngestConfig, root: Path, items: list[WorkItem]) -> None:
+def assign_item_splits(config: IngestConfig, root: Path | str, items: list[WorkItem]) -> None:
     """Set every item's split group and split, reusing the saved split file; save it and check it.
+
+    ``root`` is the output folder, local or an object-store URI, where ``splits.json`` is read and written.
 
     Raises:
         ConfigError: If items lack the patient id that ``group_by: patient``
@@ -114,7 +118,9 @@ def assign_item_splits(config: IngestConfig, root: Path, items: list[WorkItem]) 
     for item in items:
         item.group_id = str(groups[item.item_id])
     image_to_group = {item.item_id: item.group_id for item in items}
-    split_file = config.splits.split_file or root / SPLITS_FILE
+    saved = storage.join(root, SPLITS_FILE)
+    split_file = str(config.splits.split_file) if config.splits.split_file is not None else saved
+    split_file_text = storage.redact(split_file)
 
     if group_by is GroupBy.TILE:
         logger.warning(
@@ -123,7 +129,7 @@ def assign_item_splits(config: IngestConfig, root: Path, items: list[WorkItem]) 
         )
         for item in items:
             item.split = None
-        save_splits(root / SPLITS_FILE, assignment={}, image_to_group=image_to_group,
+        save_splits(saved, assignment={}, image_to_group=image_to_group,
                     seed=config.splits.seed, fractions=config.splits.fractions, group_by=str(group_by))
         return
 
@@ -131,19 +137,19 @@ def assign_item_splits(config: IngestConfig, root: Path, items: list[WorkItem]) 
     if group_by is GroupBy.FOLD:
         assert isinstance(config.source, PanNukeSource)
         assignment = {f"fold{fold}": Split(split) for fold, split in config.source.fold_splits.items()}
-    elif split_file.is_file():
+    elif storage.exists(split_file):
         assignment = _load_matching_splits(split_file, group_by)
         new = sorted(set(image_to_group.values()) - set(assignment))
         if new and config.splits.split_file is not None:
             raise ConfigError(
-                f"groups {new[:10]} are not in the split file {split_file}; add them or remove split_file "
+                f"groups {new[:10]} are not in the split file {split_file_text}; add them or remove split_file "
                 "from the config to split them automatically"
             )
         if new:
             assignment.update(assign_splits(new, fractions=config.splits.fractions, seed=config.splits.seed))
-            logger.warning("reusing the split in %s; %d new groups were split among themselves", split_file, len(new))
+            logger.warning("reusing the split in %s; %d new groups were split among themselves", split_file_text, len(new))
         else:
-            logger.info("reusing the split in %s", split_file)
+            logger.info("reusing the split in %s", split_file_text)
     else:
         assignment = assign_splits(sorted(set(image_to_group.values())), fractions=config.splits.fractions,
                                    seed=config.splits.seed)
@@ -152,20 +158,21 @@ def assign_item_splits(config: IngestConfig, root: Path, items: list[WorkItem]) 
     check_no_overlap(image_to_group, assignment)
     for item in items:
         item.split = str(assignment[item.group_id])
-    save_splits(root / SPLITS_FILE, assignment=assignment, image_to_group=image_to_group,
+    save_splits(saved, assignment=assignment, image_to_group=image_to_group,
                 seed=config.splits.seed, fractions=config.splits.fractions, group_by=str(group_by))
 
 
-def _load_matching_splits(path: Path, group_by: GroupBy) -> dict[str, Split]:
+def _load_matching_splits(path: str, group_by: GroupBy) -> dict[str, Split]:
+    split_file_text = storage.redact(path)
+    payload = read_splits_payload(path)
     try:
-        payload = json.loads(path.read_text())
         saved_by = payload.get("group_by")
         groups = {group: Split(split) for group, split in payload["groups"].items()}
-    except (json.JSONDecodeError, KeyError, ValueError) as error:
-        raise ConfigError(f"split file {path} is invalid ({error}); delete it to draw a new split") from error
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"split file {split_file_text} is invalid ({error}); delete it to draw a new split") from error
     if saved_by != str(group_by):
         raise ConfigError(
-            f"split file {path} groups by {saved_by!r}, this run by {str(group_by)!r}; use a new output "
+            f"split file {split_file_text} groups by {saved_by!r}, this run by {str(group_by)!r}; use a new output "
             "folder or delete the split file"
         )
     return groups
@@ -188,26 +195,19 @@ def check_shard_splits(entries: list[dict[str, Any]], group_by: GroupBy) -> None
         raise InputDataError(f"split leakage: these groups have shards in several splits: {leaking}")
 
 
-def _is_finished(entry: dict[str, Any] | None, item: WorkItem) -> bool:
+def _is_finished(root: OutputRoot, entry: dict[str, Any] | None, item: WorkItem) -> bool:
     if not entry or entry.get("status") != "written" or entry.get("split") != (item.split or PER_TILE):
         return False
     shards = entry.get("shards") or []
-    return bool(shards) and all(
-        Path(shard["path"]).is_file() and file_sha256(Path(shard["path"])) == shard["sha256"] for shard in shards
-    )
+    return bool(shards) and all(root.shard_is_intact(shard["path"], shard["sha256"]) for shard in shards)
 
 
-def _remove_stale_shards(root: Path, entries: list[dict[str, Any]]) -> None:
+def _remove_stale_shards(root: OutputRoot, entries: list[dict[str, Any]]) -> None:
     """Delete shards of re-tiled items left in other split folders by an earlier run."""
     for entry in entries:
         current = {shard["path"] for shard in entry["shards"]}
-        name = Path(entry["shards"][0]["path"]).stem
-        for split in Split:
-            stale = shard_path(root, split, name)
-            if str(stale) not in current and stale.is_file():
-                logger.warning("removing %s: item %s now has its tiles in %s", stale, entry["image_id"],
-                               sorted({shard["split"] for shard in entry["shards"]}))
-                stale.unlink()
+        name = PurePosixPath(entry["shards"][0]["path"]).stem
+        remove_stale_shards(root, item_id=entry["image_id"], shard_name=name, current=current)
 
 
 def settings_fingerprint(config: IngestConfig) -> str:
@@ -250,7 +250,8 @@ def run_ingest(config: IngestConfig) -> IngestResult:
 
     Args:
         config: Ingest config of any source kind; ``kind: folder`` runs
-            ``run_folder_ingest``.
+            ``run_folder_ingest``. Its ``output_dir`` is a local folder or an
+            ``s3://`` / ``gs://`` URI.
 
     Returns:
         Items written, skipped and failed, the class statistics and the run time.
@@ -258,34 +259,27 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     Raises:
         InputDataError: If no item could be tiled, or the sources are missing.
         ConfigError: If the output folder contains shards made with other settings.
+        StorageError: If the bucket of an output URI does not exist or cannot be reached.
     """
     if config.source.kind == "folder":
         return run_folder_ingest(config.to_folder_config())
 
     started = time.perf_counter()
-    check_local_output(config.output_dir)
-    root = Path(config.output_dir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    root = OutputRoot.prepare(config.output_dir)
     fingerprint = settings_fingerprint(config)
-    dataset_path = root / DATASET_FILE
-    if dataset_path.is_file() and not config.overwrite:
-        previous = json.loads(dataset_path.read_text())
-        if previous.get("settings_fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{root} contains shards made with other settings; choose a new output folder or set overwrite: true"
-            )
+    check_settings(root, fingerprint, overwrite=config.overwrite)
 
     items, failed = list_work_items(config)
     if not items and not failed:
         raise InputDataError(f"the {config.source.kind} source lists no items; check the paths in the config")
-    assign_item_splits(config, root, items)
+    assign_item_splits(config, root.location, items)
     rare_codes = _rare_bcss_codes(config, items)
 
-    previous_manifest = {} if config.overwrite else _load_manifest(root)
+    previous_manifest = {} if config.overwrite else load_manifest(root)
     todo, skipped = [], []
     for item in items:
         entry = previous_manifest.get(item.item_id)
-        if _is_finished(entry, item):
+        if _is_finished(root, entry, item):
             skipped.append(entry)
         else:
             todo.append(item)
@@ -294,7 +288,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
 
     summaries: list[dict[str, Any]] = []
     if todo:
-        context = WorkerContext(config=config, output_dir=root, rare_codes=rare_codes)
+        context = WorkerContext(config=config, output_dir=root.location, rare_codes=rare_codes)
         rows = [{"item": item.to_json()} for item in todo]
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
         results = dataset.map(_tile_item_row, fn_kwargs={"payload": context.to_payload()}).take_all()
@@ -308,49 +302,39 @@ def run_ingest(config: IngestConfig) -> IngestResult:
 
     manifest_entries = sorted(skipped + written, key=lambda entry: entry["image_id"])
     check_shard_splits(manifest_entries, config.group_by)
-    write_json_atomic(root / MANIFEST_FILE, {
-        "schema_version": SCHEMA_VERSION,
-        "settings_fingerprint": fingerprint,
-        "source_kind": config.source.kind,
-        "group_by": str(config.group_by),
-        "images": manifest_entries,
-    })
-    errors_path = root / ERRORS_FILE
-    if failed:
-        write_json_atomic(errors_path, {"failed": failed})
-    else:
-        errors_path.unlink(missing_ok=True)
-    if not manifest_entries:
-        raise InputDataError(f"no item could be tiled; see {errors_path} for the reason of each")
-
     labels = config.labels
-    write_json_atomic(dataset_path, {
-        "dataset_name": config.dataset_name,
-        "schema_version": SCHEMA_VERSION,
-        "settings_fingerprint": fingerprint,
-        "class_map": labels.to_class_map(),
-        "label_map": labels.model_dump(mode="json"),
-        "tile_size": config.tiling.tile_size,
-        "stride": config.tiling.effective_stride,
-        "edge_mode": str(config.tiling.edge_mode),
-        "mpp": _dataset_mpp(config, manifest_entries),
-        "source_mpp": config.mpp,
-        "group_by": str(config.group_by),
-        "rare_codes": rare_codes,
-        "tissue": config.tissue.model_dump(mode="json"),
-        "source": config.source.model_dump(mode="json"),
-    })
-    statistics = compute_class_statistics(root, labels.class_names)
-    result = IngestResult(root, written, skipped, failed, statistics, time.perf_counter() - started)
+    write_run_files(
+        root,
+        manifest={
+            "schema_version": SCHEMA_VERSION,
+            "settings_fingerprint": fingerprint,
+            "source_kind": config.source.kind,
+            "group_by": str(config.group_by),
+            "images": manifest_entries,
+        },
+        failed=failed,
+        dataset={
+            "dataset_name": config.dataset_name,
+            "schema_version": SCHEMA_VERSION,
+            "settings_fingerprint": fingerprint,
+            "class_map": labels.to_class_map(),
+            "label_map": labels.model_dump(mode="json"),
+            "tile_size": config.tiling.tile_size,
+            "stride": config.tiling.effective_stride,
+            "edge_mode": str(config.tiling.edge_mode),
+            "mpp": _dataset_mpp(config, manifest_entries),
+            "source_mpp": config.mpp,
+            "group_by": str(config.group_by),
+            "rare_codes": rare_codes,
+            "tissue": config.tissue.model_dump(mode="json"),
+            "source": config.source.model_dump(mode="json"),
+        },
+        item_noun="item",
+    )
+    statistics = compute_class_statistics(root.location, labels.class_names)
+    result = IngestResult(root.result_dir, written, skipped, failed, statistics, time.perf_counter() - started)
     log_dataset_summary(result)
     return result
-
-
-def _load_manifest(root: Path) -> dict[str, dict[str, Any]]:
-    path = root / MANIFEST_FILE
-    if not path.is_file():
-        return {}
-    return {entry["image_id"]: entry for entry in json.loads(path.read_text()).get("images", [])}
 
 
 def _dataset_mpp(config: IngestConfig, entries: list[dict[str, Any]]) -> float | None:

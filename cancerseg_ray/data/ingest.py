@@ -5,7 +5,8 @@ item per image to Ray Data. Each Ray task reads its image, maps the mask
 through the label map, cuts tiles and writes the image's shard atomically.
 It returns a one-row summary. A bad image is reported in ``errors.json`` and
 the other images still finish. A re-run skips images whose shard is already
-recorded in the manifest with a matching checksum.
+recorded in the manifest with a matching checksum. The output is a local
+folder or an object-store URI (see ``output_root``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,19 +23,19 @@ import cv2
 import numpy as np
 import ray
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.config import FolderIngestConfig
 from cancerseg_ray.data.ingest_report import warn_about_empty_splits
 from cancerseg_ray.data.labels import LabelMap
-from cancerseg_ray.data.schema import SCHEMA_VERSION, Column, Split
-from cancerseg_ray.data.shards import (
-    DATASET_FILE,
-    ERRORS_FILE,
-    MANIFEST_FILE,
-    SPLITS_FILE,
-    ShardWriter,
-    file_sha256,
-    shard_path,
+from cancerseg_ray.data.output_root import (
+    OutputRoot,
+    check_settings,
+    load_manifest,
+    remove_stale_shards,
+    write_run_files,
 )
+from cancerseg_ray.data.schema import SCHEMA_VERSION, Column, Split
+from cancerseg_ray.data.shards import SPLITS_FILE, ShardWriter, recorded_path, shard_path
 from cancerseg_ray.data.splits import (
     GroupBy,
     assign_splits,
@@ -43,12 +43,12 @@ from cancerseg_ray.data.splits import (
     load_splits,
     save_splits,
     tcga_patient_id,
-    write_json_atomic,
 )
 from cancerseg_ray.data.statistics import compute_class_statistics
 from cancerseg_ray.data.tiling import EdgeMode, cut_tiles
 from cancerseg_ray.errors import ConfigError, InputDataError
 from cancerseg_ray.io.images import encode_png, read_label_mask, read_rgb
+from cancerseg_ray.storage import StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +66,12 @@ class ImageItem:
 
 @dataclass
 class IngestResult:
-    """Outcome of an ingest run: images written, skipped and failed, and the class statistics."""
+    """Outcome of an ingest run: images written, skipped and failed, and the class statistics.
 
-    output_dir: Path
+    ``output_dir`` is the absolute local folder, or the object-store URI as given.
+    """
+
+    output_dir: Path | str
     written: list[dict[str, Any]]
     skipped: list[dict[str, Any]]
     failed: list[dict[str, Any]]
@@ -121,8 +124,9 @@ def _settings_fingerprint(config: FolderIngestConfig) -> str:
 def tile_image_to_shard(item: dict[str, Any], *, settings: dict[str, Any]) -> dict[str, Any]:
     """Tile one image and its mask into a shard file (runs inside a Ray task).
 
-    Input errors of this image are returned as a failed summary rather than
-    raised, so that the other images of the job still finish.
+    Input errors of this image, and a failed upload of its shard, are returned
+    as a failed summary rather than raised, so that the other images of the
+    job still finish.
     """
     started = time.perf_counter()
     label_map = LabelMap.model_validate(settings["label_map"])
@@ -154,7 +158,7 @@ def tile_image_to_shard(item: dict[str, Any], *, settings: dict[str, Any]) -> di
         if downsample != 1.0:
             image, mask = resample_pair(image, mask, downsample)
 
-        target = shard_path(Path(settings["output_dir"]), item["split"], item["image_id"])
+        target = shard_path(settings["output_dir"], item["split"], item["image_id"])
         writer = ShardWriter(target, label_map.class_names)
         totals = np.zeros(num_classes, dtype=np.int64)
         tile_size = settings["tile_size"]
@@ -195,13 +199,13 @@ def tile_image_to_shard(item: dict[str, Any], *, settings: dict[str, Any]) -> di
             status="written" if checksum else "empty",
             tiles=writer.rows_written,
             class_pixel_counts=totals.tolist(),
-            shard=str(target) if checksum else None,
+            shard=recorded_path(target) if checksum else None,
             sha256=checksum,
         )
         writer = None
         if not checksum:
             summary["error"] = "no tile has labelled pixels; nothing was written"
-    except InputDataError as error:
+    except (InputDataError, StorageError) as error:
         summary["error"] = str(error)
     finally:
         if writer is not None:
@@ -218,19 +222,10 @@ def resample_pair(image: np.ndarray, mask: np.ndarray, downsample: float) -> tup
     return cv2.resize(image, size, interpolation=interpolation), cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
 
 
-def _load_previous_manifest(root: Path) -> dict[str, dict[str, Any]]:
-    path = root / MANIFEST_FILE
-    if not path.is_file():
-        return {}
-    entries = json.loads(path.read_text()).get("images", [])
-    return {entry["image_id"]: entry for entry in entries}
-
-
-def _is_finished(entry: dict[str, Any] | None, split: str) -> bool:
+def _is_finished(root: OutputRoot, entry: dict[str, Any] | None, split: str) -> bool:
     if not entry or entry.get("status") != "written" or entry.get("split") != split:
         return False
-    path = Path(entry["shard"])
-    return path.is_file() and file_sha256(path) == entry["sha256"]
+    return root.shard_is_intact(entry["shard"], entry["sha256"])
 
 
 def _image_groups(config: FolderIngestConfig, image_ids: list[str]) -> tuple[GroupBy, dict[str, str]]:
@@ -250,7 +245,7 @@ def _image_groups(config: FolderIngestConfig, image_ids: list[str]) -> tuple[Gro
     raise ConfigError(f"folder ingest splits by image, slide or patient, not by {group_by!s}")
 
 
-def _resolve_splits(config: FolderIngestConfig, root: Path, image_ids: list[str]) -> dict[str, Split]:
+def _resolve_splits(config: FolderIngestConfig, root: OutputRoot, image_ids: list[str]) -> dict[str, Split]:
     """Draw the split, or reuse the saved one; groups new since then are split among themselves.
 
     Earlier groups keep their split, so adding images never moves a trained-on
@@ -258,12 +253,13 @@ def _resolve_splits(config: FolderIngestConfig, root: Path, image_ids: list[str]
     """
     group_by, image_to_group = _image_groups(config, image_ids)
     groups = sorted(set(image_to_group.values()))
-    source = config.splits.split_file or (root / SPLITS_FILE if (root / SPLITS_FILE).is_file() else None)
+    saved = root.join(SPLITS_FILE)
+    source = config.splits.split_file or (saved if root.exists(saved) else None)
     if source is None:
         assignment = assign_splits(groups, fractions=config.splits.fractions, seed=config.splits.seed)
         logger.info("drew a new split of %d %s groups with seed %d", len(groups), group_by, config.splits.seed)
     else:
-        assignment = load_splits(Path(source))
+        assignment = load_splits(source)
         new = sorted(set(groups) - set(assignment))
         if new and config.splits.split_file is not None:
             raise ConfigError(
@@ -272,81 +268,46 @@ def _resolve_splits(config: FolderIngestConfig, root: Path, image_ids: list[str]
             )
         if new:
             assignment.update(assign_splits(new, fractions=config.splits.fractions, seed=config.splits.seed))
-            logger.warning("reusing the split in %s; %d new groups were split among themselves", source, len(new))
+            logger.warning("reusing the split in %s; %d new groups were split among themselves",
+                           storage.redact(source), len(new))
         else:
-            logger.info("reusing the split in %s", source)
+            logger.info("reusing the split in %s", storage.redact(source))
     check_no_overlap(image_to_group, assignment)
     save_splits(
-        root / SPLITS_FILE, assignment=assignment, image_to_group=image_to_group,
+        saved, assignment=assignment, image_to_group=image_to_group,
         seed=config.splits.seed, fractions=config.splits.fractions, group_by=str(group_by),
     )
     return {image_id: assignment[group] for image_id, group in image_to_group.items()}
 
 
-def _remove_stale_shards(root: Path, written: list[dict[str, Any]]) -> None:
-    """Delete shards of re-tiled images that sit in another split's folder, so no image is in two splits."""
-    for entry in written:
-        for split in Split:
-            stale = shard_path(root, split, entry["image_id"])
-            if str(split) != entry["split"] and stale.is_file():
-                logger.warning("removing %s: image %s now belongs to the %s split", stale, entry["image_id"], entry["split"])
-                stale.unlink()
-
-
-_COLLAPSED_URI = re.compile(r"^(s3|gs|gcs|file):/", flags=re.IGNORECASE)
-
-
-def check_local_output(output_dir: Path) -> None:
-    """Raise when an ingest output folder is an object-store URI, which ingest cannot write yet.
-
-    The config types the folder as ``Path``, which collapses ``s3://b/x`` to
-    ``s3:/b/x``. Without this check ingest would write into a local folder named ``s3:``.
-
-    Raises:
-        ConfigError: If the folder names an ``s3:``, ``gs:``, ``gcs:`` or ``file:`` location.
-    """
-    if _COLLAPSED_URI.match(str(output_dir)):
-        raise ConfigError(
-            f"ingest output {output_dir} looks like a URI; ingest writes shards to a local or shared folder only. "
-            "Write them to a local folder and upload it, for example with cancerseg_ray.storage.upload"
-        )
-
-
 def run_folder_ingest(config: FolderIngestConfig) -> IngestResult:
     """Turn a folder of images and masks into Parquet tile shards.
 
-    Writes under ``config.output_dir``: ``<split>/<image_id>.parquet``,
-    ``splits.json``, ``manifest.json``, ``dataset.json``, ``class_stats.json``
-    and, when images failed, ``errors.json``.
+    Writes under ``config.output_dir``, a local folder or an ``s3://`` /
+    ``gs://`` URI: ``<split>/<image_id>.parquet``, ``splits.json``,
+    ``manifest.json``, ``dataset.json``, ``class_stats.json`` and, when images
+    failed, ``errors.json``.
 
     Raises:
         InputDataError: If no image could be tiled.
         ConfigError: If the output folder contains shards made with other settings.
+        StorageError: If the bucket of an output URI does not exist or cannot be reached.
     """
     started = time.perf_counter()
-    check_local_output(config.output_dir)
-    root = Path(config.output_dir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    root = OutputRoot.prepare(config.output_dir)
     label_map = config.labels
     fingerprint = _settings_fingerprint(config)
-
-    dataset_path = root / DATASET_FILE
-    if dataset_path.is_file() and not config.overwrite:
-        previous = json.loads(dataset_path.read_text())
-        if previous.get("settings_fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{root} contains shards made with other settings; choose a new output folder or set overwrite: true"
-            )
+    check_settings(root, fingerprint, overwrite=config.overwrite)
 
     pairs, failed = find_image_mask_pairs(config)
     image_split = _resolve_splits(config, root, [image_id for image_id, _, _ in pairs] + [f["image_id"] for f in failed])
-    previous_manifest = {} if config.overwrite else _load_previous_manifest(root)
+    previous_manifest = {} if config.overwrite else load_manifest(root)
 
     todo, skipped = [], []
     for image_id, image_path, mask_path in pairs:
         split = str(image_split[image_id])
         entry = previous_manifest.get(image_id)
-        if _is_finished(entry, split):
+        if _is_finished(root, entry, split):
             skipped.append(entry)
             continue
         group_id = tcga_patient_id(image_id) if config.splits.group_by is GroupBy.PATIENT else image_id
@@ -355,7 +316,7 @@ def run_folder_ingest(config: FolderIngestConfig) -> IngestResult:
 
     settings = {
         "label_map": label_map.model_dump(mode="json"),
-        "output_dir": str(root),
+        "output_dir": root.location,
         "tile_size": config.tiling.tile_size,
         "stride": config.tiling.effective_stride,
         "edge_mode": str(config.tiling.edge_mode),
@@ -369,40 +330,38 @@ def run_folder_ingest(config: FolderIngestConfig) -> IngestResult:
         summaries = dataset.map(tile_image_to_shard, fn_kwargs={"settings": settings}).take_all()
 
     written = [s for s in summaries if s["status"] == "written"]
-    _remove_stale_shards(root, written)
+    for entry in written:
+        remove_stale_shards(root, item_id=entry["image_id"], shard_name=entry["image_id"], current={entry["shard"]})
     failed += [s for s in summaries if s["status"] != "written"]
     for entry in failed:
         logger.error("image %s failed: %s", entry["image_id"], entry["error"])
 
     manifest_entries = {entry["image_id"]: entry for entry in skipped + written}
-    write_json_atomic(root / MANIFEST_FILE, {
-        "schema_version": SCHEMA_VERSION,
-        "settings_fingerprint": fingerprint,
-        "images": sorted(manifest_entries.values(), key=lambda e: e["image_id"]),
-    })
-    errors_path = root / ERRORS_FILE
-    if failed:
-        write_json_atomic(errors_path, {"failed": failed})
-    else:
-        errors_path.unlink(missing_ok=True)
-    if not manifest_entries:
-        raise InputDataError(f"no image could be tiled; see {errors_path} for the reason of each")
-
-    write_json_atomic(dataset_path, {
-        "dataset_name": config.dataset_name,
-        "schema_version": SCHEMA_VERSION,
-        "settings_fingerprint": fingerprint,
-        "class_map": label_map.to_class_map(),
-        "label_map": label_map.model_dump(mode="json"),
-        "tile_size": config.tiling.tile_size,
-        "stride": config.tiling.effective_stride,
-        "edge_mode": str(config.tiling.edge_mode),
-        "mpp": config.tile_mpp,
-        "source_mpp": config.mpp,
-        "source": {"images_dir": str(config.images_dir), "masks_dir": str(config.masks_dir)},
-    })
-    statistics = compute_class_statistics(root, label_map.class_names)
-    result = IngestResult(root, written, skipped, failed, statistics, time.perf_counter() - started)
+    write_run_files(
+        root,
+        manifest={
+            "schema_version": SCHEMA_VERSION,
+            "settings_fingerprint": fingerprint,
+            "images": sorted(manifest_entries.values(), key=lambda e: e["image_id"]),
+        },
+        failed=failed,
+        dataset={
+            "dataset_name": config.dataset_name,
+            "schema_version": SCHEMA_VERSION,
+            "settings_fingerprint": fingerprint,
+            "class_map": label_map.to_class_map(),
+            "label_map": label_map.model_dump(mode="json"),
+            "tile_size": config.tiling.tile_size,
+            "stride": config.tiling.effective_stride,
+            "edge_mode": str(config.tiling.edge_mode),
+            "mpp": config.tile_mpp,
+            "source_mpp": config.mpp,
+            "source": {"images_dir": str(config.images_dir), "masks_dir": str(config.masks_dir)},
+        },
+        item_noun="image",
+    )
+    statistics = compute_class_statistics(root.location, label_map.class_names)
+    result = IngestResult(root.result_dir, written, skipped, failed, statistics, time.perf_counter() - started)
     log_ingest_summary(result)
     return result
 

@@ -1,4 +1,11 @@
-"""Writing tile shards atomically and reading them back with schema checks."""
+"""Writing tile shards atomically and reading them back with schema checks.
+
+A shard root is a local folder or an object-store URI (``s3://``, ``gs://``).
+Shards for a local root are written to a temporary file in the split folder
+and renamed into place. Shards for an object store are written to a local
+temporary file by the task that tiles them, hashed, uploaded to the final
+URI and then deleted locally, so every node of a cluster can write its own.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -30,9 +37,25 @@ ROWS_PER_ROW_GROUP = 256
 """Tiles per Parquet row group: about 30 MB of PNG data, small enough to stream."""
 
 
-def shard_path(root: Path, split: Split | str, image_id: str) -> Path:
-    """Return where the shard of one image lives under the shard root."""
+def shard_path(root: Path | str, split: Split | str, image_id: str) -> Path | str:
+    """Return where the shard of one image lives under the shard root.
+
+    Returns:
+        A ``Path`` under a local root, or a URI (with the root's query options)
+        under an object-store root.
+    """
+    if storage.is_remote(root):
+        return storage.join(str(root), str(split), f"{image_id}.parquet")
     return Path(root) / str(split) / f"{image_id}.parquet"
+
+
+def recorded_path(location: Path | str) -> str:
+    """Return the form in which a manifest records a shard or side file.
+
+    A local file is recorded as its path. An object is recorded as its URI
+    without the query, so the manifest names no endpoint or other option.
+    """
+    return storage.without_query(location)
 
 
 def file_sha256(path: Path) -> str:
@@ -43,15 +66,29 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_json(location: Path | str, payload: Any) -> None:
+    """Write a JSON file of a shard folder to a local path or an object-store URI.
+
+    A local file is written to a temporary name and renamed into place. An
+    upload becomes visible only once complete. NaN and infinity are rejected,
+    because strict JSON readers reject them.
+    """
+    text = json.dumps(payload, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    storage.write_bytes(location, text.encode("utf-8"))
+
+
 @dataclass
 class ShardWriter:
     """Stream tile rows into a Parquet file that appears only when complete.
 
-    Rows go to a temporary file in the target folder; ``close`` renames it
-    into place, so a crash leaves no half-written shard under the final name.
+    For a local ``path``, rows go to a temporary file in the target folder and
+    ``close`` renames it into place, so a crash leaves no half-written shard
+    under the final name. For an object-store URI, rows go to a temporary file
+    in the local temporary folder, and ``close`` hashes it, uploads it to
+    ``path`` and deletes it.
     """
 
-    path: Path
+    path: Path | str
     class_names: Sequence[str]
     _rows: list[dict[str, Any]] = field(default_factory=list)
     _writer: pq.ParquetWriter | None = None
@@ -59,8 +96,12 @@ class ShardWriter:
     rows_written: int = 0
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._remote = storage.is_remote(self.path)
+        if self._remote:
+            self.path = str(self.path)
+        else:
+            self.path = Path(self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._schema = tile_schema(list(self.class_names))
 
     def add(self, row: dict[str, Any]) -> None:
@@ -72,7 +113,9 @@ class ShardWriter:
         if not self._rows:
             return
         if self._writer is None:
-            handle, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".parquet.tmp", dir=self.path.parent)
+            folder = None if self._remote else self.path.parent  # type: ignore[union-attr]
+            stem = PurePosixPath(storage.without_query(self.path)).stem
+            handle, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".parquet.tmp", dir=folder)
             os.close(handle)
             self._temporary = Path(name)
             self._writer = pq.ParquetWriter(self._temporary, self._schema, compression="zstd")
@@ -87,13 +130,26 @@ class ShardWriter:
         Returns:
             The SHA-256 of the written file, or None when no rows were added
             (then no file is written).
+
+        Raises:
+            StorageError: If the upload to an object store failed. The
+                temporary file is then deleted, and no object is left under ``path``.
         """
         self._flush()
         if self._writer is None:
             return None
         self._writer.close()
-        os.replace(self._temporary, self.path)
-        return file_sha256(self.path)
+        if not self._remote:
+            os.replace(self._temporary, self.path)
+            return file_sha256(self.path)  # type: ignore[arg-type]
+        assert self._temporary is not None  # set by the first flush
+        try:
+            checksum = file_sha256(self._temporary)
+            storage.upload(self._temporary, self.path)
+        finally:
+            self._temporary.unlink(missing_ok=True)
+            self._temporary = None
+        return checksum
 
     def abort(self) -> None:
         """Drop the temporary file; an existing shard under the final name stays untouched."""
@@ -125,8 +181,8 @@ def _read_remote_json(location: str) -> Any:
         return storage.read_json(location)
     except storage.StorageNotFoundError as error:
         raise InputDataError(
-            f"{storage.redact(location)} not found ({error}); create the shards with jobs/make_shards.py and "
-            "upload the shard folder there"
+            f"{storage.redact(location)} not found ({error}); create the shards there with "
+            "jobs/make_shards.py --output <URI>"
         ) from error
 
 
@@ -191,16 +247,21 @@ def read_shard_table(files: ShardFiles, path: str, *, columns: list[str]) -> pa.
     return pq.read_table(path, columns=columns, filesystem=files.filesystem)
 
 
-def class_counts_by_split(root: Path, num_classes: int) -> dict[str, dict[str, Any]]:
-    """Sum class pixel counts and tile counts per split from the shards' count columns."""
+def class_counts_by_split(root: Path | str, num_classes: int) -> dict[str, dict[str, Any]]:
+    """Sum class pixel counts and tile counts per split from the shards' count columns.
+
+    ``root`` is a local shard folder or an object-store URI.
+    """
     totals: dict[str, dict[str, Any]] = {}
+    columns = [Column.IMAGE_ID.value, Column.CLASS_PIXEL_COUNTS.value, Column.IGNORE_PIXEL_COUNT.value]
     for split in Split:
         counts = np.zeros(num_classes, dtype=np.int64)
         ignored = 0
         tiles = 0
         images: set[str] = set()
-        for path in list_shard_files(root, [split]):
-            table = pq.read_table(path, columns=[Column.IMAGE_ID, Column.CLASS_PIXEL_COUNTS, Column.IGNORE_PIXEL_COUNT])
+        files = locate_shard_files(root, [split])
+        for path in files.paths:
+            table = read_shard_table(files, path, columns=columns)
             if table.num_rows == 0:
                 continue
             matrix = np.asarray(table.column(Column.CLASS_PIXEL_COUNTS).to_pylist(), dtype=np.int64)

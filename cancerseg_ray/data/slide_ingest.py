@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ import geopandas as gpd
 import numpy as np
 from PIL import Image
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.labels import LabelMap
+from cancerseg_ray.data.shards import recorded_path
 from cancerseg_ray.data.sources import AnnotationOrigin
 from cancerseg_ray.data.tile_sink import SkipReason, TilePlacement, TileSink
 from cancerseg_ray.data.tiling import PAD_IMAGE_VALUE, EdgeMode, tile_grid
@@ -124,10 +127,25 @@ def rasterize_tile_mask(
     return mask
 
 
-def _save_tissue_pngs(root: Path, item_id: str, thumbnail: np.ndarray, mask: np.ndarray) -> str:
-    mask_path = save_tissue_mask_png(mask, root / TISSUE_DIR / f"{item_id}.png")
-    Image.fromarray(thumbnail).save(root / TISSUE_DIR / f"{item_id}_thumbnail.png")
-    return str(mask_path)
+def _write_tissue_pngs(folder: Path, item_id: str, thumbnail: np.ndarray, mask: np.ndarray) -> Path:
+    mask_path = save_tissue_mask_png(mask, folder / f"{item_id}.png")
+    Image.fromarray(thumbnail).save(folder / f"{item_id}_thumbnail.png")
+    return mask_path
+
+
+def _save_tissue_pngs(root: Path | str, item_id: str, thumbnail: np.ndarray, mask: np.ndarray) -> str:
+    """Write a slide's tissue mask and thumbnail under ``<root>/tissue`` and return the mask's recorded path.
+
+    For an object-store root, both PNGs are written to a local temporary
+    folder and uploaded from there.
+    """
+    if not storage.is_remote(root):
+        return str(_write_tissue_pngs(Path(root) / TISSUE_DIR, item_id, thumbnail, mask))
+    target = storage.join(str(root), TISSUE_DIR)
+    with tempfile.TemporaryDirectory(prefix="cancerseg-tissue-") as folder:
+        _write_tissue_pngs(Path(folder), item_id, thumbnail, mask)
+        storage.upload(folder, target)
+    return recorded_path(storage.join(target, f"{item_id}.png"))
 
 
 def tile_slide(item: WorkItem, context: WorkerContext, sink: TileSink, summary: dict[str, Any]) -> None:

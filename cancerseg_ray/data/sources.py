@@ -18,9 +18,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cancerseg_ray.data.config import FolderIngestConfig, SplitConfig, TilingConfig
+from cancerseg_ray import storage
+from cancerseg_ray.data.config import (
+    OUTPUT_DIR_DESCRIPTION,
+    FolderIngestConfig,
+    SplitConfig,
+    TilingConfig,
+)
 from cancerseg_ray.data.labels import LabelMap, load_label_map
 from cancerseg_ray.data.schema import Split
 from cancerseg_ray.data.splits import GroupBy
@@ -206,8 +212,10 @@ class IngestConfig(BaseModel):
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     tissue: TissueConfig = Field(default_factory=TissueConfig)
     splits: SplitConfig = Field(default_factory=SplitConfig)
-    output_dir: Path = Path("outputs/shards")
+    output_dir: str = Field(default="outputs/shards", description=OUTPUT_DIR_DESCRIPTION)
     overwrite: bool = Field(default=False, description="Re-tile items whose shards already exist.")
+
+    _location_text = field_validator("output_dir", mode="before")(storage.location_text)
 
     @model_validator(mode="after")
     def _check(self) -> IngestConfig:

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.schema import Split
+from cancerseg_ray.data.shards import write_json
 from cancerseg_ray.errors import ConfigError, InputDataError
 
 logger = logging.getLogger(__name__)
@@ -142,9 +144,9 @@ def check_no_overlap(image_to_group: Mapping[str, str], assignment: Mapping[str,
         raise InputDataError(f"split leakage: these groups have images in several splits: {leaking}")
 
 
-def save_splits(path: Path, *, assignment: Mapping[str, Split], image_to_group: Mapping[str, str],
+def save_splits(path: Path | str, *, assignment: Mapping[str, Split], image_to_group: Mapping[str, str],
                 seed: int, fractions: SplitFractions, group_by: str) -> None:
-    """Write the split file atomically."""
+    """Write the split file atomically, to a local path or an object-store URI."""
     payload: dict[str, Any] = {
         "version": SPLITS_FILE_VERSION,
         "seed": seed,
@@ -153,18 +155,34 @@ def save_splits(path: Path, *, assignment: Mapping[str, Split], image_to_group: 
         "groups": {group: str(split) for group, split in sorted(assignment.items())},
         "images": {image: group for image, group in sorted(image_to_group.items())},
     }
-    write_json_atomic(path, payload)
+    write_json(path, payload)
 
 
-def load_splits(path: Path) -> dict[str, Split]:
-    """Read a split file written by save_splits and return group -> split."""
+def read_splits_payload(path: Path | str) -> dict[str, Any]:
+    """Read a split file from a local path or an object-store URI.
+
+    Raises:
+        ConfigError: If the file does not exist or is not valid JSON.
+    """
     try:
-        payload = json.loads(Path(path).read_text())
+        return json.loads(storage.read_bytes(path))
+    except storage.StorageNotFoundError as error:
+        raise ConfigError(f"split file not found: {storage.redact(path)}") from error
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"split file {storage.redact(path)} is invalid ({error}); delete it to draw a new split"
+        ) from error
+
+
+def load_splits(path: Path | str) -> dict[str, Split]:
+    """Read a split file written by save_splits and return group -> split."""
+    payload = read_splits_payload(path)
+    try:
         return {group: Split(split) for group, split in payload["groups"].items()}
-    except FileNotFoundError as error:
-        raise ConfigError(f"split file not found: {path}") from error
-    except (json.JSONDecodeError, KeyError, ValueError) as error:
-        raise ConfigError(f"split file {path} is invalid ({error}); delete it to draw a new split") from error
+    except (KeyError, ValueError, AttributeError, TypeError) as error:
+        raise ConfigError(
+            f"split file {storage.redact(path)} is invalid ({error}); delete it to draw a new split"
+        ) from error
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from cancerseg_ray.data.shards import STATS_FILE, class_counts_by_split
-from cancerseg_ray.data.splits import write_json_atomic
+from cancerseg_ray import storage
+from cancerseg_ray.data.shards import STATS_FILE, class_counts_by_split, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,13 @@ def inverse_frequency_weights(pixel_counts: Sequence[int]) -> np.ndarray:
     return inverse / inverse.sum()
 
 
-def compute_class_statistics(root: Path, class_names: Sequence[str], *, weight_split: str = "train") -> dict[str, Any]:
+def compute_class_statistics(
+    root: Path | str, class_names: Sequence[str], *, weight_split: str = "train"
+) -> dict[str, Any]:
     """Compute per-split class counts, training frequencies and loss weights, and write them as JSON.
 
     Args:
-        root: Shard root written by the ingest job.
+        root: Shard root written by the ingest job: a local folder or an object-store URI.
         class_names: Class names in class-id order.
         weight_split: Split whose pixel frequencies define the loss weights.
 
@@ -60,7 +62,7 @@ def compute_class_statistics(root: Path, class_names: Sequence[str], *, weight_s
     counts = np.asarray(by_split[weight_split]["class_pixel_counts"], dtype=np.int64)
     if counts.sum() == 0:
         raise ValueError(
-            f"the {weight_split} split of {root} has no labelled pixels; check the split fractions and the label map"
+            f"the {weight_split} split of {storage.redact(root)} has no labelled pixels; check the split fractions and the label map"
         )
     frequencies = counts / counts.sum()
     weights = inverse_frequency_weights(counts)
@@ -76,5 +78,5 @@ def compute_class_statistics(root: Path, class_names: Sequence[str], *, weight_s
         "absent_classes": absent,
         "splits": by_split,
     }
-    write_json_atomic(Path(root) / STATS_FILE, stats)
+    write_json(storage.join(root, STATS_FILE), stats)
     return stats

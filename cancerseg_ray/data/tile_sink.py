@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cancerseg_ray.data.schema import Column, Split
-from cancerseg_ray.data.shards import ShardWriter, shard_path
+from cancerseg_ray.data.shards import ShardWriter, recorded_path, shard_path
 from cancerseg_ray.data.splits import SplitFractions, tile_split
 from cancerseg_ray.io.images import encode_png
 
@@ -65,7 +65,7 @@ class TileSink:
     """Write one item's tiles to shard files and count kept and skipped tiles.
 
     Args:
-        root: Shard root folder.
+        root: Shard root: a local folder, or an object-store URI with its query options.
         identity: Constant columns of the item; ``split`` None means a per-tile split.
         class_names: Class names in class-id order.
         ignore_index: Mask value of unlabelled pixels.
@@ -78,7 +78,7 @@ class TileSink:
             blocks give every patch its own image id).
     """
 
-    root: Path
+    root: Path | str
     identity: ItemIdentity
     class_names: list[str]
     ignore_index: int
@@ -152,10 +152,11 @@ class TileSink:
         self._rows[split] += 1
 
     def close(self) -> list[dict[str, Any]]:
-        """Move the finished shards into place.
+        """Move the finished shards into place, or upload them to an object store.
 
         Returns:
-            One entry per shard written: split, path, SHA-256 and tile count.
+            One entry per shard written: split, path (a local path, or a URI
+            without its query), SHA-256 and tile count.
         """
         shards = []
         for split in Split:
@@ -166,7 +167,7 @@ class TileSink:
             if checksum:
                 shards.append({
                     "split": str(split),
-                    "path": str(writer.path),
+                    "path": recorded_path(writer.path),
                     "sha256": checksum,
                     "tiles": writer.rows_written,
                 })

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cancerseg_ray import storage
 from cancerseg_ray.data.sources import IngestConfig
 from cancerseg_ray.data.tile_sink import ItemIdentity, TileSink
 from cancerseg_ray.errors import CancerSegError
@@ -68,7 +69,8 @@ class WorkerContext:
     """Everything a Ray task needs besides its item: the run config and values computed by the driver."""
 
     config: IngestConfig
-    output_dir: Path
+    output_dir: Path | str
+    """Shard root: a local folder, or an object-store URI with its query options."""
     rare_codes: list[int] = field(default_factory=list)
 
     def to_payload(self) -> dict[str, Any]:
@@ -80,9 +82,10 @@ class WorkerContext:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> WorkerContext:
+        output_dir = payload["output_dir"]
         return cls(
             config=IngestConfig.model_validate(payload["config"]),
-            output_dir=Path(payload["output_dir"]),
+            output_dir=output_dir if storage.is_remote(output_dir) else Path(output_dir),
             rare_codes=list(payload["rare_codes"]),
         )
 
@@ -113,8 +116,8 @@ def new_summary(item: WorkItem, num_classes: int) -> dict[str, Any]:
 def run_work_item(item: WorkItem, context: WorkerContext, tile: TileFunction) -> dict[str, Any]:
     """Tile one item with ``tile`` and return its summary.
 
-    Errors of the package (bad input, label map mismatches) are caught and
-    reported in the summary. Unfinished shards of the item are deleted, but
+    Errors of the package (bad input, label map mismatches, failed uploads to
+    an object store) are caught and reported in the summary. Unfinished shards of the item are deleted, but
     shards of an earlier run stay as they were.
     """
     started = time.perf_counter()

@@ -7,17 +7,14 @@ import json
 import pytest
 
 from cancerseg_ray import storage
-from cancerseg_ray.data.config import FolderIngestConfig
-from cancerseg_ray.data.ingest import run_folder_ingest
 from cancerseg_ray.data.loading import load_dataset_info
 from cancerseg_ray.data.shards import list_shard_files, read_json
-from cancerseg_ray.errors import ConfigError, InputDataError
+from cancerseg_ray.errors import InputDataError
 from cancerseg_ray.evaluate.config import EvaluateConfig
 from cancerseg_ray.evaluate.job import evaluate_and_report
 from cancerseg_ray.storage import StorageNotFoundError
 from cancerseg_ray.train.config import TrainGridConfig
 from cancerseg_ray.train.grid import load_run_records, run_training_grid
-from tests.conftest import GLAS_LABEL_MAP
 
 RUN_FILES = ("best.pt", "history.csv", "history.json", "curves.png", "run.json")
 REPORT_FILES = ("report.md", "report.html", "report.json", "best.json", "runs.csv", "evaluation_config.json")
@@ -48,17 +45,6 @@ def remote_runs(remote_shards, s3_uri):
 
 def test_redact_hides_user_info():
     assert storage.redact("s3://key:secret@bucket/runs?region=eu-west-1") == "s3://***@bucket/runs?region=eu-west-1"
-
-
-def test_ingest_rejects_uri_output(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    config = FolderIngestConfig.model_validate({
-        "dataset_name": "glas", "images_dir": tmp_path, "masks_dir": tmp_path, "label_map": GLAS_LABEL_MAP,
-        "mpp": 0.62005, "output_dir": "s3://bucket/shards",
-    })
-    with pytest.raises(ConfigError, match="upload"):
-        run_folder_ingest(config)
-    assert not (tmp_path / "s3:").exists()
 
 
 def test_config_keeps_uri_intact(s3_uri):
