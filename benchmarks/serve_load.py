@@ -46,7 +46,7 @@ def random_best_file(folder: Path, tile_size: int) -> Path:
     config = ModelConfig(variant="deeplabv3plus_resnet50", num_classes=2)
     checkpoint = save_checkpoint(folder / "run", {
         "format_version": FORMAT_VERSION, "model_state": build_model(config).state_dict(),
-        "model_config": config.model_dump(), "epoch": 0,
+        "model_config": config.model_dump(), "epoch": 1,
         "class_map": {"class_names": ["background", "foreground"], "colours": ["#ffffff", "#c81e1e"],
                       "ignore_index": 255},
     })

@@ -1,7 +1,15 @@
-"""Loading typed job configurations from YAML files."""
+"""Loading typed job configurations from YAML files, and checking the local paths they name.
+
+Relative paths in a config file, like relative paths on the command line,
+resolve against the current directory, not against the config file's folder.
+The bundled configs rely on this: ``configs/demo/ingest.yaml`` names
+``examples/data/glas/images``, which exists below the repository root, where
+``make demo`` runs the jobs.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TypeVar
 
@@ -13,8 +21,65 @@ from cancerseg_ray.errors import ConfigError
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
+def describe_path(path: str | os.PathLike[str]) -> str:
+    """Return a path as written, followed by the absolute path it resolves to when it is relative.
+
+    Absolute paths and URIs are returned unchanged, so redact object-store
+    URIs with ``storage.redact`` before passing them.
+
+    Error messages use it to show a user who ran a job from another folder
+    where the job looked, for example
+    ``outputs/shards (resolved to /home/me/outputs/shards from the current directory /home/me)``.
+    """
+    text = os.fspath(path)
+    expanded = Path(text).expanduser()
+    if "://" in text or expanded.is_absolute():
+        return text
+    return f"{text} (resolved to {os.path.abspath(expanded)} from the current directory {Path.cwd()})"
+
+
+def require_local_folder(path: str | os.PathLike[str], *, field: str, hint: str) -> Path:
+    """Return the absolute form of a local folder named by a config field, or raise if it is missing.
+
+    Args:
+        path: The folder as written in the config or on the command line.
+        field: The config field that names it, for the message (``shards_dir``).
+        hint: What the user should do, appended to the message.
+
+    Raises:
+        ConfigError: If nothing exists at ``path`` or it is not a folder.
+    """
+    folder = Path(os.path.abspath(Path(path).expanduser()))
+    if not folder.exists():
+        raise ConfigError(f"{field} {describe_path(path)} not found; {hint}")
+    if not folder.is_dir():
+        raise ConfigError(f"{field} {describe_path(path)} is a file, not a folder; {hint}")
+    return folder
+
+
+def require_local_file(path: str | os.PathLike[str], *, field: str, hint: str) -> Path:
+    """Return the absolute form of a local file named by a config field, or raise if it is missing.
+
+    Args:
+        path: The file as written in the config or on the command line.
+        field: The config field that names it, for the message (``pretrained.resnet50``).
+        hint: What the user should do, appended to the message.
+
+    Raises:
+        ConfigError: If ``path`` is not an existing file.
+    """
+    file = Path(os.path.abspath(Path(path).expanduser()))
+    if not file.is_file():
+        state = "is a folder, not a file" if file.is_dir() else "not found"
+        raise ConfigError(f"{field} {describe_path(path)} {state}; {hint}")
+    return file
+
+
 def load_yaml_config(path: str | Path, model: type[ConfigT], **overrides: object) -> ConfigT:
     """Read a YAML file into a pydantic model, applying command-line overrides.
+
+    Paths inside the file are kept as written. Relative ones resolve against
+    the current directory when a job uses them (see the module docstring).
 
     Args:
         path: YAML file.
@@ -26,7 +91,7 @@ def load_yaml_config(path: str | Path, model: type[ConfigT], **overrides: object
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file {describe_path(path)} not found; pass --config with an existing YAML file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

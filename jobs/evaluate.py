@@ -17,6 +17,7 @@ from cancerseg_ray.config import load_yaml_config
 from cancerseg_ray.errors import CancerSegError
 from cancerseg_ray.evaluate.config import EvaluateConfig
 from cancerseg_ray.evaluate.job import evaluate_and_report
+from cancerseg_ray.evaluate.preflight import check_evaluate_config
 from cancerseg_ray.runtime import configure_logging, init_ray
 
 logger = logging.getLogger("evaluate")
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_yaml_config(args.config, EvaluateConfig, shards_dir=args.shards, runs_dir=args.runs,
                                   output_dir=args.output, use_gpu=args.use_gpu)
+        # Missing folders and files fail here, before Ray starts.
+        check_evaluate_config(config)
         init_ray(args.address)
         report = evaluate_and_report(config)
     except CancerSegError as error:

@@ -24,6 +24,7 @@ from cancerseg_ray.errors import CancerSegError
 from cancerseg_ray.runtime import configure_logging, init_ray
 from cancerseg_ray.train.config import TrainGridConfig
 from cancerseg_ray.train.grid import check_gpus_available, run_training_grid
+from cancerseg_ray.train.preflight import check_grid_config
 
 logger = logging.getLogger("train_all")
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides = {"use_gpu": args.use_gpu or None, "num_workers": args.num_workers}
             scaling = config.scaling.model_dump() | {k: v for k, v in overrides.items() if v is not None}
             config = TrainGridConfig.model_validate(config.model_dump() | {"scaling": scaling})
+        # Bad names, files and folders fail here, before Ray starts.
+        check_grid_config(config)
         num_cpus = args.num_cpus
         if num_cpus is None and not (args.address or os.environ.get("RAY_ADDRESS")):
             # Ray Data's read and decode tasks need CPUs beside the training workers'.

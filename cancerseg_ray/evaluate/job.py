@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cancerseg_ray import storage
+from cancerseg_ray.config import describe_path
 from cancerseg_ray.data.loading import DatasetInfo, load_dataset_info
 from cancerseg_ray.data.splits import write_json_atomic
 from cancerseg_ray.errors import CheckpointError, ConfigError
@@ -22,6 +23,7 @@ from cancerseg_ray.evaluate.bootstrap import bootstrap_seed_mean_difference_ci
 from cancerseg_ray.evaluate.config import EvaluateConfig
 from cancerseg_ray.evaluate.plots import PanelTile
 from cancerseg_ray.evaluate.predict import predict_confusion
+from cancerseg_ray.evaluate.preflight import check_evaluate_config
 from cancerseg_ray.evaluate.qualitative import predict_panel_tiles
 from cancerseg_ray.evaluate.report import BEST_FILE, write_report
 from cancerseg_ray.evaluate.statistics import (
@@ -107,7 +109,16 @@ def order_variants(names: list[str]) -> list[str]:
     return [name for name in registry if name in names] + sorted(set(names) - set(registry))
 
 
-def _read_history(directory: str | Path) -> pd.DataFrame:
+def read_history(directory: str | Path) -> pd.DataFrame:
+    """Read a run's ``history.csv`` with its ``epoch`` column numbered from 1.
+
+    A history written when epochs were numbered from 0 starts at epoch 0,
+    which no current history does, so its epochs are shifted by one.
+
+    Raises:
+        OSError: If the file cannot be read.
+        ValueError: If it has no rows.
+    """
     location = storage.join(directory, HISTORY_FILE)
     if storage.is_remote(location):
         frame = pd.read_csv(io.BytesIO(storage.read_bytes(location)))
@@ -115,6 +126,10 @@ def _read_history(directory: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(location)
     if frame.empty:
         raise ValueError(f"{storage.redact(location)} has no epochs")
+    if "epoch" in frame and frame["epoch"].min() == 0:
+        frame["epoch"] += 1
+        if "resumed_after_epoch" in frame:
+            frame["resumed_after_epoch"] += 1
     return frame
 
 
@@ -122,13 +137,18 @@ def _load_histories(runs: list[dict[str, Any]], notes: list[str]) -> dict[str, d
     histories: dict[str, dict[int, pd.DataFrame]] = {}
     for run in runs:
         try:
-            frame = _read_history(run["directory"])
+            frame = read_history(run["directory"])
         except (OSError, ValueError, pd.errors.ParserError) as error:
             logger.warning("training curve of %s left out: %s", run["run_name"], error)
             notes.append(f"Training curve of `{run['run_name']}` left out: {error}.")
             continue
         histories.setdefault(run["variant"], {})[run["seed"]] = frame
     return histories
+
+
+def _shown(location: str) -> str:
+    """Return a location for a message: a redacted URI, or a local path with its resolved form."""
+    return storage.redact(location) if storage.is_remote(location) else describe_path(location)
 
 
 def _checkpoint_location(record: dict[str, Any]) -> str:
@@ -276,14 +296,13 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
     Raises:
         ConfigError: If the shard or runs folder is not set or contains no run records.
     """
-    if config.shards_dir is None or config.runs_dir is None:
-        raise ConfigError("shards_dir and runs_dir must be set; pass --shards and --runs")
+    check_evaluate_config(config)
     started = time.perf_counter()
     info = load_dataset_info(config.shards_dir)
     records = load_run_records(config.runs_dir)
     if not records:
         raise ConfigError(
-            f"no run records (*/seed*/run.json) found in {storage.redact(config.runs_dir)}; run jobs/train_all.py first"
+            f"no run records (*/seed*/run.json) found in {_shown(config.runs_dir)}; run jobs/train_all.py first"
         )
     common = {"num_classes": info.num_classes, "ignore_index": info.ignore_index,
               "batch_size": config.batch_size, "num_actors": config.num_actors}

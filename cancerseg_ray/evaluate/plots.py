@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 # Ground-truth pixels equal to the ignore index are drawn in this grey in the panels.
 IGNORED_COLOUR = "#9e9e9e"
@@ -163,15 +164,24 @@ def confusion_heatmaps(class_names: Sequence[str], matrices: Mapping[str, np.nda
 
 
 def training_curves(histories: Mapping[str, Mapping[int, pd.DataFrame]]) -> bytes:
+    """Draw loss, validation mIoU and learning rate per epoch for every run; return the PNG bytes.
+
+    Args:
+        histories: As :func:`training_curves_figure` takes them.
+    """
+    return _to_png(training_curves_figure(histories))
+
+
+def training_curves_figure(histories: Mapping[str, Mapping[int, pd.DataFrame]]) -> Figure:
     """Draw loss, validation mIoU and learning rate per epoch for every run.
 
     Args:
         histories: Per variant, per seed, the run's ``history.csv`` as a frame
-            with ``epoch``, ``train_loss``, ``val_loss``, ``val_miou`` and
-            ``learning_rate`` columns (missing columns are skipped).
+            with ``epoch`` (numbered from 1), ``train_loss``, ``val_loss``,
+            ``val_miou`` and ``learning_rate`` columns (missing columns are skipped).
 
     Returns:
-        The PNG bytes of the figure.
+        The figure, with the loss, mIoU and learning-rate axes in this order.
     """
     figure = Figure(figsize=(15.0, 4.2))
     loss_axes, miou_axes, rate_axes = figure.subplots(1, 3)
@@ -179,7 +189,7 @@ def training_curves(histories: Mapping[str, Mapping[int, pd.DataFrame]]) -> byte
     for variant_index, (variant, by_seed) in enumerate(histories.items()):
         colour = f"C{variant_index % 10}"
         for seed_index, (seed, frame) in enumerate(sorted(by_seed.items())):
-            epochs = frame["epoch"] + 1 if "epoch" in frame else pd.Series(range(1, len(frame) + 1))
+            epochs = frame["epoch"] if "epoch" in frame else pd.Series(range(1, len(frame) + 1))
             marker = markers[seed_index % len(markers)]
             label = f"{variant} seed {seed}"
             if "train_loss" in frame:
@@ -198,11 +208,12 @@ def training_curves(histories: Mapping[str, Mapping[int, pd.DataFrame]]) -> byte
     rate_axes.set_yscale("log")
     for axes in (loss_axes, miou_axes, rate_axes):
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
     miou_axes.set_ylim(0.0, 1.0)
     if miou_axes.get_legend_handles_labels()[0]:
         miou_axes.legend(fontsize="x-small", loc="lower right")
-    return _to_png(figure)
+    return figure
 
 
 def colourise(labels: np.ndarray, colours: Sequence[str], ignore_index: int) -> np.ndarray:

@@ -126,7 +126,7 @@ def _runs(result: EvaluationResult) -> list:
     main = ["pixel_accuracy", "dice_macro", "miou", "fwiou"]
     header = ["variant", "seed", "best epoch", "val mIoU", "tiles"] + [metric_label(m) for m in main]
     rows = [[f"`{r['variant']}`", "-" if r["seed"] is None else r["seed"],
-             r["best_epoch"] + 1 if "best_epoch" in r else "-", r.get("val_miou"), r["tiles"]]
+             r["best_epoch"] if "best_epoch" in r else "-", r.get("val_miou"), r["tiles"]]
             + [r["headline"][m] for m in main] for r in everyone]
     averaged = [f"{kind}_{average}" for kind in ("precision", "recall", "f1") for average in ("macro", "weighted", "micro")]
     rows_averaged = [[f"`{r['variant']}`", "-" if r["seed"] is None else r["seed"]]

@@ -93,7 +93,7 @@ def runs_table(result: EvaluationResult) -> pd.DataFrame:
              "val_miou": None, "best_epoch": None, "tiles": result.baseline["tiles"],
              **result.baseline["headline"]}]
     rows += [{"variant": run["variant"], "seed": run["seed"], "run_name": run["run_name"],
-              "val_miou": run["val_miou"], "best_epoch": run["best_epoch"] + 1, "tiles": run["tiles"],
+              "val_miou": run["val_miou"], "best_epoch": run["best_epoch"], "tiles": run["tiles"],
               **run["headline"]} for run in result.runs]
     return pd.DataFrame(rows)
 

@@ -4,6 +4,10 @@
 epoch, the model config, the class map and the metric history. It contains
 only tensors and plain Python containers, so it loads with
 ``torch.load(weights_only=True)`` and never unpickles code.
+
+``epoch`` is the number of the last completed epoch, counted from 1 as in the
+history and the logs. Format 1 counted from 0, and :func:`load_checkpoint`
+converts such files when it reads them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 from cancerseg_ray.errors import CheckpointError
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version of the checkpoint layout; 2 numbers epochs from 1, where 1 numbered them from 0."""
 REQUIRED_KEYS = ("format_version", "model_state", "model_config", "class_map", "epoch")
 
 
@@ -59,7 +64,22 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             f"{path} has checkpoint format {payload['format_version']}; this package reads up to {FORMAT_VERSION}. "
             "Upgrade cancerseg_ray."
         )
+    if payload["format_version"] < 2:
+        _number_epochs_from_one(payload)
     return payload
+
+
+def _number_epochs_from_one(payload: dict[str, Any]) -> None:
+    """Convert the 0-based epoch numbers of a format-1 checkpoint to the 1-based numbers of format 2, in place."""
+    payload["epoch"] = int(payload["epoch"]) + 1
+    entries = list(payload.get("history", []))
+    if isinstance(payload.get("metrics"), dict) and not any(entry is payload["metrics"] for entry in entries):
+        entries.append(payload["metrics"])
+    for entry in entries:
+        for key in ("epoch", "resumed_after_epoch"):
+            if key in entry:
+                entry[key] = int(entry[key]) + 1
+    payload["format_version"] = FORMAT_VERSION
 
 
 def load_model(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:

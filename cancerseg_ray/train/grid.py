@@ -23,17 +23,24 @@ from cancerseg_ray.data.augment import augment_batch
 from cancerseg_ray.data.loading import DatasetInfo, load_dataset_info, read_decoded_split
 from cancerseg_ray.data.splits import write_json_atomic
 from cancerseg_ray.errors import ConfigError, TrainingFailedError
-from cancerseg_ray.models import ModelConfig, build_model, count_parameters, list_models
+from cancerseg_ray.models import ModelConfig, build_model, count_parameters
 from cancerseg_ray.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from cancerseg_ray.train.config import SchedulePreset, TrainGridConfig, TrainRunConfig
 from cancerseg_ray.train.loop import train_loop_per_worker
-from cancerseg_ray.train.records import check_mlflow_available, write_curves
+from cancerseg_ray.train.preflight import check_grid_config, pretrained_weights
+from cancerseg_ray.train.records import write_curves
 
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 BEST_CHECKPOINT = "best.pt"
 SCORE_METRIC = "val_miou"
+FIRST_EPOCH = 1
+"""Number of a run's first epoch in logs, history files, run.json and checkpoints.
+
+``run.json`` stores it as ``first_epoch``. Records without that key were
+written when epochs were numbered from 0, and :func:`load_run_records` converts them.
+"""
 
 # Per-variant schedule of the CancerSeg-XA study: (learning rate, epochs by dataset, default epochs).
 _PUBLISHED_SCHEDULE: dict[str, tuple[float, dict[str, int], int]] = {
@@ -67,12 +74,9 @@ def run_directory(output_dir: str | Path, variant: str, seed: int) -> Path | str
     return Path(output_dir) / variant / f"seed{seed}"
 
 
-def _pretrained_path(config: TrainGridConfig, variant: str) -> str | None:
-    family = "resnet50" if "resnet50" in variant else "xception"
-    path = config.pretrained.get(family)
-    if path is not None and not Path(path).is_file():
-        raise ConfigError(f"pretrained weights for {family} not found: {path}; give a local file or remove the entry")
-    return str(Path(path).resolve()) if path else None
+def _pretrained_text(config: TrainGridConfig, variant: str) -> str | None:
+    path = pretrained_weights(config, variant)
+    return None if path is None else str(path.resolve())
 
 
 def build_run_config(config: TrainGridConfig, info: DatasetInfo, variant: str, seed: int) -> TrainRunConfig:
@@ -96,7 +100,7 @@ def build_run_config(config: TrainGridConfig, info: DatasetInfo, variant: str, s
         batch_size=config.batch_size,
         optimizer=optimizer,
         early_stopping_patience=config.early_stopping_patience,
-        pretrained_path=_pretrained_path(config, variant),
+        pretrained_path=_pretrained_text(config, variant),
         mixed_precision=config.mixed_precision,
         max_train_batches=config.max_train_batches,
         mlflow=config.mlflow,
@@ -144,6 +148,7 @@ def _write_run_record(directory: Path, run: TrainRunConfig, result: Any, seconds
         "dataset_name": run.dataset_name,
         "variant": run.variant,
         "seed": run.seed,
+        "first_epoch": FIRST_EPOCH,
         "epochs_run": len(history),
         "best_epoch": int(best_metrics["epoch"]),
         "best_metrics": best_metrics,
@@ -233,13 +238,7 @@ def run_training_grid(config: TrainGridConfig) -> list[RunRecord]:
     writes its checkpoints straight to the bucket, and each run folder is
     written to a local temporary folder and uploaded when the run finishes.
     """
-    if config.shards_dir is None:
-        raise ConfigError("shards_dir is not set; pass --shards or set shards_dir in the config")
-    unknown = sorted(set(config.variants) - set(list_models()))
-    if unknown:
-        raise ConfigError(f"unknown variants {unknown}; valid names are {list_models()}")
-    if config.mlflow.enabled:
-        check_mlflow_available()
+    check_grid_config(config)
     info = load_dataset_info(config.shards_dir)
     output_dir = _prepare_output(config)
 
@@ -335,7 +334,7 @@ def _finish_run(output_dir: str | Path, run: TrainRunConfig, result: Any, second
     else:
         record = _upload_run_record(directory, run, result, seconds)
     logger.info("%s finished: best val mIoU %.4f at epoch %d", run.run_name,
-                record.best_metrics[SCORE_METRIC], record.best_metrics["epoch"] + 1)
+                record.best_metrics[SCORE_METRIC], record.best_metrics["epoch"])
     return record
 
 
@@ -355,8 +354,27 @@ def load_run_records(runs_dir: str | Path) -> list[dict[str, Any]]:
     for path in sorted(Path(runs_dir).glob(f"*/seed*/{RUN_FILE}")):
         record = json.loads(path.read_text())
         record["directory"] = str(path.parent)
-        records.append(record)
+        records.append(number_epochs_from_one(record))
     return records
+
+
+def number_epochs_from_one(record: dict[str, Any]) -> dict[str, Any]:
+    """Convert a run record written with epochs numbered from 0 to numbering from 1, in place; return it.
+
+    A record that has ``first_epoch`` is returned unchanged.
+    """
+    if "first_epoch" in record:
+        return record
+    record["best_epoch"] = int(record["best_epoch"]) + 1
+    record["resumed_after_epochs"] = [int(epoch) + 1 for epoch in record.get("resumed_after_epochs", [])]
+    for key in ("best_metrics", "final_metrics"):
+        metrics = record.get(key)
+        if isinstance(metrics, dict):
+            for field in ("epoch", "resumed_after_epoch"):
+                if field in metrics:
+                    metrics[field] = int(metrics[field]) + 1
+    record["first_epoch"] = FIRST_EPOCH
+    return record
 
 
 def _load_remote_run_records(runs_dir: str) -> list[dict[str, Any]]:
@@ -370,5 +388,5 @@ def _load_remote_run_records(runs_dir: str) -> list[dict[str, Any]]:
         variant, seed_folder, _ = name.split("/")
         record = storage.read_json(storage.join(runs_dir, name))
         record["directory"] = storage.join(runs_dir, variant, seed_folder)
-        records.append(record)
+        records.append(number_epochs_from_one(record))
     return records

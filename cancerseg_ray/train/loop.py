@@ -143,7 +143,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model_config = ModelConfig(variant=cfg.variant, num_classes=cfg.num_classes).model_dump(mode="json")
     optimizer_state = scheduler_state = None
     history: list[dict[str, float]] = []
-    start_epoch = 0
+    # Epochs are numbered from 1; a checkpoint's "epoch" is the last epoch it completed.
+    completed_epochs = 0
     resumed_from: int | None = None
     best_val_loss, epochs_without_improvement = float("inf"), 0
 
@@ -154,8 +155,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.load_state_dict(payload["model_state"])
         optimizer_state, scheduler_state = payload["optimizer_state"], payload["scheduler_state"]
         history = list(payload["history"])
-        start_epoch = payload["epoch"] + 1
-        resumed_from = payload["epoch"]
+        completed_epochs = resumed_from = payload["epoch"]
         best_val_loss = payload.get("best_val_loss", best_val_loss)
         epochs_without_improvement = payload.get("epochs_without_improvement", 0)
         if rank == 0:
@@ -178,7 +178,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(completed_epochs + 1, cfg.epochs + 1):
         started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -249,7 +249,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             logger.info(
                 "%s epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f, lr %.2e, %.1f s",
-                cfg.run_name, epoch + 1, cfg.epochs, metrics["train_loss"], metrics["val_loss"],
+                cfg.run_name, epoch, cfg.epochs, metrics["train_loss"], metrics["val_loss"],
                 metrics["val_miou"], learning_rate, metrics["epoch_seconds"],
             )
         with tempfile.TemporaryDirectory() as directory:
@@ -276,7 +276,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if cfg.early_stopping_patience is not None and epochs_without_improvement >= cfg.early_stopping_patience:
             if rank == 0:
                 logger.info("%s: early stop after epoch %d, no val-loss improvement for %d epochs",
-                            cfg.run_name, epoch + 1, epochs_without_improvement)
+                            cfg.run_name, epoch, epochs_without_improvement)
             break
     if tracker is not None:
         tracker.end_run()

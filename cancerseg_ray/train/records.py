@@ -11,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cancerseg_ray.errors import ConfigError  # noqa: E402
 
@@ -19,7 +21,18 @@ logger = logging.getLogger(__name__)
 
 def write_curves(history: list[dict[str, Any]], path: Path, *, title: str) -> Path:
     """Plot loss, mIoU and learning rate per epoch into a PNG."""
-    epochs = [entry["epoch"] + 1 for entry in history]
+    figure = draw_curves(history, title=title)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def draw_curves(history: list[dict[str, Any]], *, title: str) -> Figure:
+    """Draw loss, mIoU and learning rate against the history's epoch numbers, which start at 1.
+
+    The figure belongs to pyplot's figure manager, so the caller closes it with ``plt.close``.
+    """
+    epochs = [entry["epoch"] for entry in history]
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
     axes[0].plot(epochs, [e["train_loss"] for e in history], marker="o", label="train")
     axes[0].plot(epochs, [e["val_loss"] for e in history], marker="o", label="validation")
@@ -33,13 +46,12 @@ def write_curves(history: list[dict[str, Any]], path: Path, *, title: str) -> Pa
     axes[2].set_title("learning rate")
     for axis in axes:
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     axes[0].legend()
     axes[1].legend()
     figure.suptitle(title)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return figure
 
 
 def check_mlflow_available() -> None:

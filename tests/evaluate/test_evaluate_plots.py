@@ -48,8 +48,20 @@ def test_confusion_heatmaps_one_panel_per_model():
     assert _size(two)[0] > _size(one)[0]
 
 
+def test_training_curves_plot_epoch_numbers_as_given():
+    frame = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.4], "val_loss": [1.1, 0.6, 0.5],
+                          "val_miou": [0.2, 0.3, 0.4], "learning_rate": [1e-3, 1e-3, 2e-4]})
+
+    figure = plots.training_curves_figure({"v": {0: frame}})
+
+    lines = [line for axes in figure.axes for line in axes.get_lines()]
+    assert len(lines) == 4
+    for line in lines:
+        assert list(line.get_xdata()) == [1, 2, 3]
+
+
 def test_training_curves_tolerate_missing_columns():
-    frame = pd.DataFrame({"epoch": [0, 1], "train_loss": [1.0, 0.5]})
+    frame = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5]})
 
     png = plots.training_curves({"v": {0: frame}})
 

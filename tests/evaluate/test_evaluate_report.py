@@ -17,7 +17,7 @@ import scipy.stats
 from cancerseg_ray.data.loading import DatasetInfo
 from cancerseg_ray.evaluate.config import EvaluateConfig
 from cancerseg_ray.evaluate.document import Paragraph, Section, render_html_document
-from cancerseg_ray.evaluate.job import analyse_runs
+from cancerseg_ray.evaluate.job import analyse_runs, read_history
 from cancerseg_ray.evaluate.plots import PanelTile
 from cancerseg_ray.evaluate.report import BEST_CRITERION, write_report
 from cancerseg_ray.evaluate.sections import SECTION_TITLES, metric_bar_series
@@ -50,9 +50,9 @@ def _scored(cm_per_image, **fields):
 
 def _write_history(directory, seed):
     directory.mkdir(parents=True, exist_ok=True)
-    epochs = np.arange(4)
-    pd.DataFrame({"epoch": epochs, "train_loss": 1.0 / (epochs + 1 + seed), "val_loss": 1.2 / (epochs + 1),
-                  "val_miou": 0.3 + 0.1 * epochs, "learning_rate": [1e-3, 1e-3, 2e-4, 2e-4]}).to_csv(
+    epochs = np.arange(1, 5)
+    pd.DataFrame({"epoch": epochs, "train_loss": 1.0 / (epochs + seed), "val_loss": 1.2 / epochs,
+                  "val_miou": 0.2 + 0.1 * epochs, "learning_rate": [1e-3, 1e-3, 2e-4, 2e-4]}).to_csv(
         directory / "history.csv", index=False)
 
 
@@ -372,3 +372,31 @@ def test_html_escapes_text():
     html = render_html_document("t", sections)
 
     assert "class &lt;b&gt;&amp;&lt;/b&gt; <code>x&lt;y</code>" in html
+
+
+def test_runs_table_shows_best_epoch_as_recorded(report_dir):
+    runs = pd.read_csv(report_dir / "runs.csv")
+    trained = runs[runs.variant != "majority_class_baseline"]
+    assert len(trained) == 6
+    assert trained["best_epoch"].tolist() == [3] * 6
+    rows = [line for line in (report_dir / "report.md").read_text().splitlines()
+            if line.startswith("| `cancerseg_xa` | 0 |")]
+    assert rows[0].split(" | ")[2] == "3"
+
+
+def test_history_numbered_from_zero_is_shifted(tmp_path):
+    pd.DataFrame({"epoch": [0, 1, 2], "resumed_after_epoch": [None, None, 1.0],
+                  "val_miou": [0.1, 0.2, 0.3]}).to_csv(tmp_path / "history.csv", index=False)
+
+    frame = read_history(tmp_path)
+
+    assert frame["epoch"].tolist() == [1, 2, 3]
+    assert frame["resumed_after_epoch"].iloc[2] == 2
+
+
+def test_history_numbered_from_one_is_kept(tmp_path):
+    _write_history(tmp_path, seed=0)
+
+    frame = read_history(tmp_path)
+
+    assert frame["epoch"].tolist() == [1, 2, 3, 4]

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -60,6 +61,8 @@ def test_training_writes_run_records(trained):
         assert 0.0 <= record["best_metrics"]["val_miou"] <= 1.0
         history = json.loads((runs / record["variant"] / "seed0" / "history.json").read_text())
         assert {"train_loss", "val_loss", "val_miou", "learning_rate", "epoch_seconds"} <= set(history[0])
+        assert [entry["epoch"] for entry in history] == [1]
+        assert record["best_epoch"] == 1
 
 
 def test_checkpoint_holds_everything_to_reload(trained):
@@ -105,6 +108,10 @@ def test_evaluation_report_has_every_section(trained, tmp_path):
     assert html.count('src="data:image/png;base64,') == 5
     for name in ["runs.csv", "summary.csv", "per_class.csv", "tests.csv", "bootstrap.csv"]:
         assert (output / name).is_file(), name
+    # One epoch was trained, and epochs are numbered from 1 in the records and the report alike.
+    assert [record["best_epoch"] for record in load_run_records(runs)] == [1, 1, 1]
+    trained_rows = pd.read_csv(output / "runs.csv").dropna(subset=["seed"])
+    assert trained_rows["best_epoch"].tolist() == [1, 1, 1]
 
     payload = json.loads((output / "report.json").read_text())
     assert {(run["variant"], run["seed"]) for run in payload["runs"]} == {(VARIANTS[0], 0), (VARIANTS[0], 1),

@@ -43,7 +43,7 @@ def write_checkpoint(folder: Path, *, seed: int = 0) -> Path:
         "model_state": model.state_dict(),
         "model_config": config.model_dump(),
         "class_map": {"class_names": CLASS_NAMES, "colours": CLASS_COLOURS, "ignore_index": 255},
-        "epoch": 0,
+        "epoch": 1,
     })
 
 

@@ -17,6 +17,7 @@ from ray._private import ray_constants
 from cancerseg_ray.train.checkpoint import load_checkpoint
 from cancerseg_ray.train.config import TrainGridConfig
 from cancerseg_ray.train.grid import load_run_records, run_training_grid
+from cancerseg_ray.train.preflight import check_grid_config, check_shard_location
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -43,10 +44,20 @@ def test_grid_writes_four_complete_records(tiny_shards, tmp_path):
             assert (directory / name).is_file(), directory / name
         assert record["config"]["class_weights"] == pytest.approx(
             json.loads((tiny_shards / "class_stats.json").read_text())["loss_weights"])
+        assert record["best_epoch"] == 1
+        assert pd.read_csv(directory / "history.csv")["epoch"].tolist() == [1]
+        assert load_checkpoint(directory / "best.pt")["epoch"] == 1
     sizes = pd.read_csv(tmp_path / "model_sizes.csv")
     assert sizes["variant"].tolist() == variants
     difference = sizes["trainable_parameters"].diff().iloc[1]
     assert difference == 1281  # the spatial attention gate
+
+
+def test_real_shards_pass_config_checks(tiny_shards, tmp_path):
+    config = grid_config(tiny_shards, tmp_path / "runs", variants=["deeplabv3plus_resnet50", "cancerseg_xa"])
+    check_grid_config(config)
+    check_shard_location(str(tiny_shards), splits=("test",))
+    assert not (tmp_path / "runs").exists()
 
 
 def test_ddp_validation_counts_every_tile_once(tiny_shards, tmp_path):
@@ -112,9 +123,18 @@ def test_resume_after_killed_worker(tiny_shards, tmp_path):
     assert killed, "no training worker was killed; the run ended before its second checkpoint was seen"
     record = load_run_records(tmp_path)[0]
     history = json.loads((tmp_path / "deeplabv3plus_resnet50" / "seed0" / "history.json").read_text())
-    assert [entry["epoch"] for entry in history] == [0, 1, 2, 3, 4, 5]
+    assert [entry["epoch"] for entry in history] == [1, 2, 3, 4, 5, 6]
     assert record["epochs_run"] == 6
+    assert record["first_epoch"] == 1
     assert len(record["resumed_after_epochs"]) >= 1
+    # A run that resumed after epoch k records the resume on epoch k + 1, its first epoch after the restart.
+    for completed in record["resumed_after_epochs"]:
+        assert 1 <= completed < 6
+        assert history[completed]["resumed_after_epoch"] == completed
+    assert 1 <= record["best_epoch"] <= 6
+    assert record["best_metrics"]["epoch"] == record["best_epoch"]
+    best = load_checkpoint(tmp_path / "deeplabv3plus_resnet50" / "seed0" / "best.pt")
+    assert best["epoch"] == record["best_epoch"]
 
 
 @pytest.fixture(scope="module")

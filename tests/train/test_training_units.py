@@ -95,7 +95,7 @@ def test_mixed_precision_off_gives_null_context():
 
 def test_missing_pretrained_file_is_reported(tmp_path):
     config = TrainGridConfig(variants=["cancerseg_xa"], seeds=[0], pretrained={"xception": str(tmp_path / "x.pth")})
-    with pytest.raises(ConfigError, match="pretrained weights for xception not found: .*x.pth"):
+    with pytest.raises(ConfigError, match="pretrained.xception .*x.pth not found"):
         build_run_config(config, make_info(), "cancerseg_xa", 0)
 
 
