@@ -104,13 +104,21 @@ def redact(location: Location) -> str:
 
 
 def location_text(value: Any) -> Any:
-    """Turn a ``PathLike`` into its text and pass any other value through unchanged.
+    """Turn a ``PathLike`` into its text and a ``file://`` URI into its absolute path; pass other values through.
 
     Configs use it as a pydantic ``before`` validator on location fields typed
     ``str``. Such fields keep URIs intact, where ``Path("s3://b/x")`` would
-    collapse the double slash to ``s3:/b/x``.
+    collapse the double slash to ``s3:/b/x``. Turning ``file://`` URIs into
+    paths lets every job treat them as the local folders they are.
+
+    Raises:
+        InvalidURIError: If a ``file://`` URI names another host, a relative path or query options.
     """
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, str) and _scheme(value) == LOCAL_SCHEME:
+        return str(_local_path(value))
+    return value
 
 
 def _scheme(location: Location) -> str:

@@ -15,10 +15,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
+from pydantic import ValidationError
 
 from cancerseg_ray import storage
 from cancerseg_ray.errors import CancerSegError, ConfigError
 from cancerseg_ray.storage import InvalidURIError, StorageError, StorageNotFoundError
+from cancerseg_ray.train.config import TrainGridConfig
 
 ACCESS_KEY = "test"
 SECRET_KEY = "test"
@@ -101,6 +103,18 @@ def test_file_uri_resolves_to_its_path(tmp_path):
     filesystem, path = storage.resolve(f"file://{tmp_path}/my%20runs")
     assert isinstance(filesystem, pafs.LocalFileSystem)
     assert path == str(tmp_path.resolve() / "my runs")
+
+
+def test_config_turns_file_uri_into_path(tmp_path):
+    config = TrainGridConfig(variants=["cancerseg_xa"], seeds=[0], shards_dir=f"file://{tmp_path}/my%20shards",
+                             output_dir=f"file://{tmp_path}/runs")
+    assert config.shards_dir == str(tmp_path / "my shards")
+    assert config.output_dir == str(tmp_path / "runs")
+
+
+def test_config_rejects_file_uri_of_other_host():
+    with pytest.raises(ValidationError, match="a file URI names an absolute path on this machine"):
+        TrainGridConfig(variants=["cancerseg_xa"], seeds=[0], shards_dir="file://otherhost/data/shards")
 
 
 def test_explicit_filesystem_keeps_bucket_and_key():
