@@ -299,8 +299,12 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
     check_evaluate_config(config)
     started = time.perf_counter()
     info = load_dataset_info(config.shards_dir)
-    records = load_run_records(config.runs_dir)
+    unreadable: list[dict[str, str]] = []
+    records = load_run_records(config.runs_dir, unreadable)
     if not records:
+        if unreadable:
+            raise ConfigError(f"no readable run records in {_shown(config.runs_dir)}: "
+                              + "; ".join(f"{item['run']}: {item['reason']}" for item in unreadable))
         raise ConfigError(
             f"no run records (*/seed*/run.json) found in {_shown(config.runs_dir)}; run jobs/train_all.py first"
         )
@@ -315,6 +319,7 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationResult:
 
     with tempfile.TemporaryDirectory(prefix="cancerseg-checkpoints-") as cache:
         runs, skipped, local_checkpoints = _score_runs(records, info, config, common, Path(cache))
+        skipped = unreadable + skipped
         result = analyse_runs(info, config, runs=runs, baseline=baseline, skipped=skipped)
         if result.runs and config.panel_tiles and config.figures:
             chosen = _panel_checkpoints(result.runs, result.variants)

@@ -346,16 +346,46 @@ def _upload_run_record(location: str, run: TrainRunConfig, result: Any, seconds:
     return replace(record, directory=location, best_checkpoint=storage.join(location, BEST_CHECKPOINT))
 
 
-def load_run_records(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """Read every ``run.json`` below a local runs folder or an object-store URI, adding the run folder as ``directory``."""
+def load_run_records(runs_dir: str | Path,
+                     unreadable: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """Read every ``run.json`` below a local runs folder or an object-store URI, adding the run folder as ``directory``.
+
+    A record that cannot be read (not JSON, or without ``variant``, ``seed`` and
+    ``run_name``) is left out with an error in the log. With ``unreadable``,
+    each of those is also appended there as ``{"run": <run folder>, "reason": ...}``.
+    """
     if storage.is_remote(runs_dir):
-        return _load_remote_run_records(str(runs_dir))
+        locations = [(storage.join(str(runs_dir), name), storage.join(str(runs_dir), *name.split("/")[:2]))
+                     for name in _remote_record_names(str(runs_dir))]
+    else:
+        locations = [(path, str(path.parent)) for path in sorted(Path(runs_dir).glob(f"*/seed*/{RUN_FILE}"))]
     records = []
-    for path in sorted(Path(runs_dir).glob(f"*/seed*/{RUN_FILE}")):
-        record = json.loads(path.read_text())
-        record["directory"] = str(path.parent)
+    for location, directory in locations:
+        try:
+            record = _read_run_record(location)
+        except (ValueError, storage.StorageError, OSError) as error:
+            reason = f"{RUN_FILE} cannot be read ({error}); train the run again or remove its folder"
+            logger.error("leaving out the run in %s: %s", storage.redact(directory), reason)
+            if unreadable is not None:
+                unreadable.append({"run": storage.redact(directory), "reason": reason})
+            continue
+        record["directory"] = directory
         records.append(number_epochs_from_one(record))
     return records
+
+
+def _read_run_record(location: str | Path) -> dict[str, Any]:
+    """Read one ``run.json``; raise ``ValueError`` when it is not a run record."""
+    if isinstance(location, Path):
+        record = json.loads(location.read_text(encoding="utf-8"))
+    else:
+        record = storage.read_json(location)
+    if not isinstance(record, dict):
+        raise ValueError("the file holds no JSON object")
+    missing = [key for key in ("variant", "seed", "run_name") if key not in record]
+    if missing:
+        raise ValueError(f"the record has no {', '.join(missing)}")
+    return record
 
 
 def number_epochs_from_one(record: dict[str, Any]) -> dict[str, Any]:
@@ -377,16 +407,10 @@ def number_epochs_from_one(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _load_remote_run_records(runs_dir: str) -> list[dict[str, Any]]:
+def _remote_record_names(runs_dir: str) -> list[str]:
+    """Return the ``<variant>/seed<k>/run.json`` names below an object-store runs folder."""
     if not storage.exists(runs_dir):
         return []
     # NOTE: this lists every object below runs_dir, Ray Train's checkpoints under ray_results/ included.
-    names = [name for name in storage.list_files(runs_dir, suffix=f"/{RUN_FILE}")
-             if fnmatch.fnmatchcase(name, f"*/seed*/{RUN_FILE}") and name.count("/") == 2]
-    records = []
-    for name in names:
-        variant, seed_folder, _ = name.split("/")
-        record = storage.read_json(storage.join(runs_dir, name))
-        record["directory"] = storage.join(runs_dir, variant, seed_folder)
-        records.append(number_epochs_from_one(record))
-    return records
+    return [name for name in storage.list_files(runs_dir, suffix=f"/{RUN_FILE}")
+            if fnmatch.fnmatchcase(name, f"*/seed*/{RUN_FILE}") and name.count("/") == 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -238,3 +239,18 @@ def test_missing_checkpoint_is_left_out_of_report(trained, tmp_path):
         moved.rename(records[0].best_checkpoint)
     assert [run["variant"] for run in result.runs] == ["cancerseg_xa"]
     assert "checkpoint not found" in result.skipped[0]["reason"]
+
+
+def test_unreadable_run_record_is_left_out_of_report(trained, tmp_path):
+    shards, runs, records = trained
+    record_file = Path(records[0].directory) / "run.json"
+    original = record_file.read_bytes()
+    record_file.write_text("{not json")
+    try:
+        result = run_evaluation(EvaluateConfig(shards_dir=shards, runs_dir=runs, output_dir=tmp_path / "r",
+                                               panel_tiles=0))
+    finally:
+        record_file.write_bytes(original)
+    assert len(result.runs) == len(records) - 1
+    assert result.skipped[0]["run"] == str(record_file.parent)
+    assert "run.json cannot be read" in result.skipped[0]["reason"]

@@ -49,7 +49,8 @@ def test_current_checkpoint_epochs_are_kept(tmp_path):
 def write_record(runs, seed, record):
     folder = runs / "cancerseg_xa" / f"seed{seed}"
     folder.mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"variant": "cancerseg_xa", "seed": seed, **record}))
+    (folder / "run.json").write_text(json.dumps({"variant": "cancerseg_xa", "seed": seed,
+                                                  "run_name": f"glas-cancerseg_xa-seed{seed}", **record}))
 
 
 def test_run_record_without_first_epoch_is_converted(tmp_path):
@@ -81,3 +82,21 @@ def test_curves_plot_epochs_from_one():
         assert len(figure.axes[0].get_lines()) == 2
     finally:
         plt.close(figure)
+
+
+def test_unreadable_run_records_are_left_out_and_listed(tmp_path):
+    write_record(tmp_path, 0, {"first_epoch": 1, "best_epoch": 1})
+    broken = tmp_path / "cancerseg_xa" / "seed1"
+    broken.mkdir(parents=True)
+    (broken / "run.json").write_text('{"variant": "cancerseg_xa", "se')
+    incomplete = tmp_path / "cancerseg_xa" / "seed2"
+    incomplete.mkdir(parents=True)
+    (incomplete / "run.json").write_text(json.dumps({"variant": "cancerseg_xa"}))
+    unreadable = []
+
+    records = load_run_records(tmp_path, unreadable)
+
+    assert [record["seed"] for record in records] == [0]
+    assert [item["run"] for item in unreadable] == [str(broken), str(incomplete)]
+    assert "run.json cannot be read" in unreadable[0]["reason"]
+    assert "the record has no seed, run_name" in unreadable[1]["reason"]
