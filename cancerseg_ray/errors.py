@@ -31,3 +31,31 @@ class CheckpointError(CancerSegError, ValueError):
 
 class TrainingFailedError(CancerSegError, RuntimeError):
     """A training run failed and exhausted its allowed restarts."""
+
+
+def _error_names() -> set[str]:
+    """Return the class names of this module's errors and of every subclass defined elsewhere."""
+    names, pending = set(), [CancerSegError]
+    while pending:
+        cls = pending.pop()
+        names.add(cls.__name__)
+        pending.extend(cls.__subclasses__())
+    return names
+
+
+def package_error_text(error: BaseException) -> str | None:
+    """Return the message of this package's error inside an error that Ray raised for a failed task, or None.
+
+    Ray Data and Ray Train raise their own exceptions when a task fails, and
+    the original exception reaches the driver only as text in their message.
+    This finds the last ``<ErrorName>: <message>`` line there whose name is one
+    of this package's errors, so that an entry point can print that message
+    alone instead of the whole remote traceback.
+    """
+    names = _error_names()
+    found = None
+    for line in str(error).splitlines():
+        head, separator, message = line.strip().partition(": ")
+        if separator and head.rsplit(".", 1)[-1] in names and message:
+            found = message
+    return found

@@ -12,9 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
+from ray.exceptions import RayError
+
 from cancerseg_ray import storage
 from cancerseg_ray.config import load_yaml_config
-from cancerseg_ray.errors import CancerSegError
+from cancerseg_ray.errors import CancerSegError, package_error_text
 from cancerseg_ray.evaluate.config import EvaluateConfig
 from cancerseg_ray.evaluate.job import evaluate_and_report
 from cancerseg_ray.evaluate.preflight import check_evaluate_config
@@ -46,11 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     except CancerSegError as error:
         logger.error("%s", error)
         return 2
+    except RayError as error:
+        message = package_error_text(error)
+        if message is None:
+            raise
+        logger.error("%s", message)
+        return 2
     logger.info("report: %s", storage.redact(report.resolve() if isinstance(report, Path) else report))
     skipped = storage.read_json(storage.join(str(config.output_dir), "report.json")).get("skipped_runs", [])
     if skipped:
         # The report is complete for the other runs; a non-zero code lets scripts notice the gap.
-        logger.warning("%d runs were left out of the report; see its 'left out' section", len(skipped))
+        logger.warning("%d of the runs were left out of the report; see its 'left out' section", len(skipped))
         return 1
     return 0
 

@@ -81,10 +81,27 @@ def tile_keys(image_ids: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarr
     )
 
 
+def _corrupt_tile_message(batch: dict[str, np.ndarray]) -> str:
+    """Name the first tile of ``batch`` whose image or mask PNG does not decode."""
+    for index, (image_png, mask_png) in enumerate(zip(batch[Column.IMAGE_PNG], batch[Column.MASK_PNG], strict=True)):
+        try:
+            decode_png(image_png, channels=3)
+            decode_png(mask_png, channels=1)
+        except InputDataError:
+            image_id = batch[Column.IMAGE_ID][index]
+            return (f"the tile at x={batch[Column.X][index]}, y={batch[Column.Y][index]} of image '{image_id}' "
+                    f"cannot be decoded, so its shard file {image_id}.parquet is corrupt; run jobs/make_shards.py "
+                    "again with the same output folder, which re-creates shards whose SHA-256 no longer matches")
+    return "a tile's PNG bytes cannot be decoded; run jobs/make_shards.py again to re-create the shards"
+
+
 def decode_tile_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Decode a batch of shard rows into image, mask and tile-key arrays (a Ray Data batch UDF)."""
-    images = np.stack([decode_png(data, channels=3) for data in batch[Column.IMAGE_PNG]])
-    masks = np.stack([decode_png(data, channels=1) for data in batch[Column.MASK_PNG]])
+    try:
+        images = np.stack([decode_png(data, channels=3) for data in batch[Column.IMAGE_PNG]])
+        masks = np.stack([decode_png(data, channels=1) for data in batch[Column.MASK_PNG]])
+    except InputDataError:
+        raise InputDataError(_corrupt_tile_message(batch)) from None
     return {
         IMAGE_KEY: images,
         MASK_KEY: masks,

@@ -22,7 +22,7 @@ from cancerseg_ray import storage
 from cancerseg_ray.data.augment import augment_batch
 from cancerseg_ray.data.loading import DatasetInfo, load_dataset_info, read_decoded_split
 from cancerseg_ray.data.splits import write_json_atomic
-from cancerseg_ray.errors import ConfigError, TrainingFailedError
+from cancerseg_ray.errors import ConfigError, TrainingFailedError, package_error_text
 from cancerseg_ray.models import ModelConfig, build_model, count_parameters
 from cancerseg_ray.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from cancerseg_ray.train.config import SchedulePreset, TrainGridConfig, TrainRunConfig
@@ -327,7 +327,9 @@ def _collect(pending: dict[Any, tuple[TrainRunConfig, float]], records: dict[str
 
 def _finish_run(output_dir: str | Path, run: TrainRunConfig, result: Any, seconds: float) -> RunRecord:
     if result.error is not None:
-        raise TrainingFailedError(f"run {run.run_name} failed after its retries: {result.error}") from result.error
+        # A data error inside a worker reaches here as text in Ray's error; show its message alone.
+        reason = package_error_text(result.error) or result.error
+        raise TrainingFailedError(f"run {run.run_name} failed after its retries: {reason}") from result.error
     directory = run_directory(output_dir, run.variant, run.seed)
     if isinstance(directory, Path):
         record = _write_run_record(directory, run, result, seconds)
@@ -381,7 +383,7 @@ def _read_run_record(location: str | Path) -> dict[str, Any]:
     else:
         record = storage.read_json(location)
     if not isinstance(record, dict):
-        raise ValueError("the file holds no JSON object")
+        raise ValueError("the file contains no JSON object")
     missing = [key for key in ("variant", "seed", "run_name") if key not in record]
     if missing:
         raise ValueError(f"the record has no {', '.join(missing)}")

@@ -1,11 +1,11 @@
-"""Checkpoint loading rejects files that are not this package's checkpoints."""
+"""Checkpoint loading rejects files that are not this package's checkpoints, and package errors are found in Ray's errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cancerseg_ray.errors import CheckpointError
+from cancerseg_ray.errors import CheckpointError, package_error_text
 from cancerseg_ray.train.checkpoint import load_checkpoint
 
 
@@ -34,3 +34,18 @@ def test_pickled_code_is_not_loaded(tmp_path):
                 "epoch": 0, "payload": torch.nn.Linear(2, 2)}, path)
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(path)
+
+
+def test_package_error_found_in_remote_traceback():
+    remote = ("RayTaskError(UserCodeException): ray::MapBatches(decode)\n"
+              "Traceback (most recent call last):\n"
+              "  File \"loading.py\", line 90, in decode_tile_batch\n"
+              "cancerseg_ray.errors.InputDataError: the tile at x=0, y=64 of image 'a' cannot be decoded\n")
+
+    assert package_error_text(RuntimeError(remote)) == "the tile at x=0, y=64 of image 'a' cannot be decoded"
+
+
+def test_other_remote_errors_are_not_matched():
+    remote = "Traceback (most recent call last):\nValueError: shapes do not match\n"
+
+    assert package_error_text(RuntimeError(remote)) is None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import runpy
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -29,7 +31,7 @@ from cancerseg_ray.train.checkpoint import (
 )
 from cancerseg_ray.train.config import TrainGridConfig
 from cancerseg_ray.train.grid import load_run_records, run_training_grid
-from tests.conftest import ingest_tiny_glas
+from tests.conftest import REPO_ROOT, ingest_tiny_glas
 from tests.evaluate.conftest import sklearn_scores_from_confusion
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -254,3 +256,30 @@ def test_unreadable_run_record_is_left_out_of_report(trained, tmp_path):
     assert len(result.runs) == len(records) - 1
     assert result.skipped[0]["run"] == str(record_file.parent)
     assert "run.json cannot be read" in result.skipped[0]["reason"]
+
+
+def corrupt_first_tile(shard_file):
+    """Rewrite a shard with the first tile's image PNG cut in half; return the tile's (image id, x, y)."""
+    table = pq.read_table(shard_file)
+    images = table.column("image_png").to_pylist()
+    images[0] = images[0][: len(images[0]) // 2]
+    table = table.set_column(table.schema.get_field_index("image_png"), table.schema.field("image_png"),
+                             pa.array(images, type=table.schema.field("image_png").type))
+    pq.write_table(table, shard_file)
+    return table.column("image_id")[0].as_py(), table.column("x")[0].as_py(), table.column("y")[0].as_py()
+
+
+def test_corrupt_tile_is_named_by_evaluation(trained, tmp_path, caplog):
+    shards, runs, _ = trained
+    copied = tmp_path / "shards"
+    shutil.copytree(shards, copied)
+    image_id, x, y = corrupt_first_tile(sorted((copied / "test").glob("*.parquet"))[0])
+    main = runpy.run_path(str(REPO_ROOT / "jobs" / "evaluate.py"))["main"]
+
+    status = main(["--config", str(REPO_ROOT / "configs" / "demo" / "evaluate.yaml"), "--shards", str(copied),
+                   "--runs", str(runs), "--output", str(tmp_path / "report")])
+
+    assert status == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert f"the tile at x={x}, y={y} of image '{image_id}' cannot be decoded" in errors[-1]
+    assert "Traceback" not in errors[-1]
