@@ -376,6 +376,14 @@ def delete_file(location: Location, *, filesystem: pafs.FileSystem | None = None
         resolved.delete_file(path)
 
 
+def delete_folder(location: Location, *, filesystem: pafs.FileSystem | None = None) -> None:
+    """Delete a folder and everything below it; a missing folder is not an error."""
+    resolved, path = resolve(location, filesystem=filesystem)
+    with _storage_errors(location, "delete", resolved, path):
+        if resolved.get_file_info(path).type != pafs.FileType.NotFound:
+            resolved.delete_dir(path)
+
+
 def read_bytes(location: Location, *, filesystem: pafs.FileSystem | None = None) -> bytes:
     """Read a whole file or object."""
     resolved, path = resolve(location, filesystem=filesystem)

@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="folder for run records and checkpoints: a local path or a URI")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL backend, mixed precision")
     parser.add_argument("--num-workers", type=int, help="data-parallel workers per run")
+    parser.add_argument("--restart", action="store_true",
+                        help="train every run again from epoch 1, deleting its checkpoints in the output folder; "
+                        "by default runs with checkpoints there continue from them")
     parser.add_argument("--address", help="Ray cluster address; default RAY_ADDRESS or an embedded Ray")
     parser.add_argument("--num-cpus", type=int,
                         help="logical CPUs of an embedded Ray (default: this machine's CPUs, at least the "
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         config = load_yaml_config(args.config, TrainGridConfig, shards_dir=args.shards, output_dir=args.output)
+        if args.restart:
+            config = config.model_copy(update={"resume": False})
         if args.use_gpu or args.num_workers is not None:
             overrides = {"use_gpu": args.use_gpu or None, "num_workers": args.num_workers}
             scaling = config.scaling.model_dump() | {k: v for k, v in overrides.items() if v is not None}

@@ -112,6 +112,11 @@ class TrainGridConfig(BaseModel):
     augmentation: AugmentationSettings = Field(default_factory=AugmentationSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     max_train_batches: int | None = Field(default=None, ge=1)
+    resume: bool = Field(
+        default=True,
+        description="Continue runs that have Ray Train checkpoints in the output folder; false trains them again "
+        "from epoch 1 and deletes those checkpoints.",
+    )
     cache_max_tiles: int = Field(
         default=2048, ge=0,
         description="Splits with at most this many tiles are decoded once and kept in the Ray object store "

@@ -27,7 +27,12 @@ from cancerseg_ray.models import ModelConfig, build_model, count_parameters
 from cancerseg_ray.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from cancerseg_ray.train.config import SchedulePreset, TrainGridConfig, TrainRunConfig
 from cancerseg_ray.train.loop import train_loop_per_worker
-from cancerseg_ray.train.preflight import check_grid_config, pretrained_weights
+from cancerseg_ray.train.preflight import (
+    GRID_CONFIG_FILE,
+    RAY_RESULTS,
+    check_grid_config,
+    pretrained_weights,
+)
 from cancerseg_ray.train.records import write_curves
 
 logger = logging.getLogger(__name__)
@@ -210,7 +215,7 @@ def _make_trainer(config: TrainGridConfig, run: TrainRunConfig, datasets: dict[s
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=run.run_name,
-            **storage.ray_train_storage(storage.join(output_dir, "ray_results")).as_kwargs(),
+            **storage.ray_train_storage(_ray_results(output_dir)).as_kwargs(),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max"
             ),
@@ -265,6 +270,7 @@ def run_training_grid(config: TrainGridConfig) -> list[RunRecord]:
         if config.augmentation.enabled:
             train = train.map_batches(augment_batch, fn_kwargs={"settings": config.augmentation, "seed": run.seed},
                                       batch_format="numpy")
+        _start_or_resume(config, run, output_dir)
         trainer = _make_trainer(config, run, {"train": train, "val": base["val"]}, output_dir)
         logger.info("training %s: %d epochs on %d workers (%s)", run.run_name, run.epochs,
                     config.scaling.num_workers, "GPU" if config.scaling.use_gpu else "CPU")
@@ -282,16 +288,38 @@ def run_training_grid(config: TrainGridConfig) -> list[RunRecord]:
     return [records[run.run_name] for run in runs]
 
 
+def _ray_results(output_dir: str | Path) -> str:
+    return storage.join(output_dir, RAY_RESULTS)
+
+
 def _prepare_output(config: TrainGridConfig) -> str | Path:
-    """Create the output folder, or check an object store's bucket, and write ``grid_config.json`` into it."""
+    """Create the output folder, or check an object store's bucket, and write ``grid_config.json`` into it.
+
+    ``check_grid_config`` has already compared the settings with a ``grid_config.json`` there.
+    """
+    current = config.model_dump(mode="json")
     if storage.is_remote(config.output_dir):
         storage.check_bucket(config.output_dir)
-        storage.write_json(storage.join(config.output_dir, "grid_config.json"), config.model_dump(mode="json"))
+        storage.write_json(storage.join(config.output_dir, GRID_CONFIG_FILE), current)
         return config.output_dir
     output_dir = Path(config.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output_dir / "grid_config.json", config.model_dump(mode="json"))
+    write_json_atomic(output_dir / GRID_CONFIG_FILE, current)
     return output_dir
+
+
+def _start_or_resume(config: TrainGridConfig, run: TrainRunConfig, output_dir: str | Path) -> None:
+    """Delete the run's Ray Train checkpoints when not resuming; log that it resumes when they exist."""
+    checkpoints = storage.join(_ray_results(output_dir), run.run_name)
+    if not storage.exists(checkpoints):
+        return
+    if config.resume:
+        logger.warning("%s has checkpoints in %s; training continues from the latest one "
+                       "(pass --restart to train it again from epoch 1)", run.run_name, storage.redact(checkpoints))
+        return
+    logger.info("deleting the earlier checkpoints of %s in %s to train it again from epoch 1",
+                run.run_name, storage.redact(checkpoints))
+    storage.delete_folder(checkpoints)
 
 
 def write_model_sizes(output_dir: str | Path) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cancerseg_ray import storage
 from cancerseg_ray.config import describe_path, require_local_file, require_local_folder
@@ -112,6 +113,68 @@ def pretrained_weights(config: TrainGridConfig, variant: str) -> Path | None:
     )
 
 
+GRID_CONFIG_FILE = "grid_config.json"
+"""The grid config that the training job writes into its output folder."""
+
+RAY_RESULTS = "ray_results"
+"""Folder of Ray Train's checkpoints inside the training output folder."""
+
+RESUME_SETTINGS = ("batch_size", "optimizer", "schedule", "early_stopping_patience", "scaling.num_workers",
+                   "mixed_precision", "pretrained", "augmentation", "max_train_batches")
+"""Settings that a resumed run must share with the run that wrote its checkpoints.
+
+Variants, seeds and ``epochs`` may change: new runs start, and a larger
+``epochs`` continues finished runs. Where the workers run, ``max_failures``,
+``max_concurrent_runs`` and the MLflow settings do not change what a run learns.
+"""
+
+
+def _setting(config: dict[str, Any], name: str) -> Any:
+    value: Any = config
+    for part in name.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _leaves(name: str, value: Any) -> dict[str, Any]:
+    """Flatten a nested setting into ``{"optimizer.learning_rate": 0.001, ...}``."""
+    if isinstance(value, dict) and value:
+        return {key: leaf for part, child in value.items() for key, leaf in _leaves(f"{name}.{part}", child).items()}
+    return {name: value}
+
+
+def changed_settings(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """List the :data:`RESUME_SETTINGS` that differ between two grid configs, as ``name: old -> new``."""
+    changes = []
+    for name in RESUME_SETTINGS:
+        before, after = _leaves(name, _setting(previous, name)), _leaves(name, _setting(current, name))
+        changes += [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(before.keys() | after.keys())
+                    if before.get(key) != after.get(key)]
+    return changes
+
+
+def check_resume_settings(config: TrainGridConfig) -> None:
+    """Refuse to continue runs in the output folder whose checkpoints were trained with other settings.
+
+    Raises:
+        ConfigError: If ``resume`` is on, the output folder has Ray Train
+            checkpoints, and its ``grid_config.json`` differs in a :data:`RESUME_SETTINGS` entry.
+    """
+    previous_file = storage.join(config.output_dir, GRID_CONFIG_FILE)
+    if not config.resume or not storage.exists(storage.join(config.output_dir, RAY_RESULTS)):
+        return
+    if not storage.exists(previous_file):
+        return
+    changes = changed_settings(storage.read_json(previous_file), config.model_dump(mode="json"))
+    if changes:
+        raise ConfigError(
+            f"the output folder {describe_path(storage.redact(config.output_dir))} contains runs trained with other settings "
+            f"({'; '.join(changes)}), and training would continue their checkpoints with the new ones. "
+            "Choose another output folder, or pass --restart (resume: false in the config) to train every run "
+            "again from epoch 1"
+        )
+
+
 def check_grid_config(config: TrainGridConfig) -> None:
     """Check everything about a training grid config that can be checked without Ray.
 
@@ -140,5 +203,6 @@ def check_grid_config(config: TrainGridConfig) -> None:
         check_mlflow_available()
     check_shard_location(config.shards_dir, splits=("train", "val"))
     check_output_location(config.output_dir)
+    check_resume_settings(config)
     logger.debug("training config passed the checks: shards %s, output %s",
                  storage.redact(config.shards_dir), storage.redact(config.output_dir))

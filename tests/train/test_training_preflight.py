@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -135,3 +136,38 @@ def test_relative_shards_resolve_against_current_directory(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path / "work")
     check_grid_config(grid("shards", "runs"))
     assert os.path.isdir("shards")
+
+
+def trained_output(tmp_path, shards, **settings):
+    """An output folder as a finished training job leaves it: grid_config.json and Ray Train checkpoints."""
+    output = tmp_path / "runs"
+    (output / "ray_results" / "glas-deeplabv3plus_resnet50-seed0").mkdir(parents=True)
+    (output / "grid_config.json").write_text(json.dumps(grid(shards, output, **settings).model_dump(mode="json")))
+    return output
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    shards = write_shard_metadata(tmp_path / "shards")
+    output = trained_output(tmp_path, shards, optimizer={"learning_rate": 0.001})
+
+    with pytest.raises(ConfigError) as caught:
+        check_grid_config(grid(shards, output, optimizer={"learning_rate": 0.0005}, batch_size=4))
+
+    message = str(caught.value)
+    assert "optimizer.learning_rate: 0.001 -> 0.0005" in message
+    assert "batch_size: 24 -> 4" in message
+    assert "--restart" in message
+
+
+def test_resume_with_more_epochs_and_seeds_passes(tmp_path):
+    shards = write_shard_metadata(tmp_path / "shards")
+    output = trained_output(tmp_path, shards, epochs=2)
+
+    check_grid_config(grid(shards, output, epochs=5, seeds=[0, 1], max_failures=0))
+
+
+def test_restart_accepts_other_settings(tmp_path):
+    shards = write_shard_metadata(tmp_path / "shards")
+    output = trained_output(tmp_path, shards, optimizer={"learning_rate": 0.001})
+
+    check_grid_config(grid(shards, output, optimizer={"learning_rate": 0.0005}, resume=False))

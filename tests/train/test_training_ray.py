@@ -163,3 +163,17 @@ def test_same_seed_gives_same_metrics_on_cpu(tiny_shards, concurrent_grid, tmp_p
     run_training_grid(grid_config(tiny_shards, tmp_path, epochs=2, max_train_batches=2,
                                   scaling={"num_workers": 1}, augmentation={"enabled": False}))
     assert _history_without_timings(tmp_path) == _history_without_timings(concurrent_grid)
+
+
+def test_rerun_continues_and_restart_starts_over(tiny_shards, tmp_path):
+    run_training_grid(grid_config(tiny_shards, tmp_path))
+
+    run_training_grid(grid_config(tiny_shards, tmp_path, epochs=2))
+    continued = load_run_records(tmp_path)[0]
+    run_training_grid(grid_config(tiny_shards, tmp_path, epochs=1, resume=False))
+    restarted = load_run_records(tmp_path)[0]
+
+    assert continued["resumed_after_epochs"] == [1]
+    assert continued["epochs_run"] == 2
+    assert restarted["resumed_after_epochs"] == []
+    assert restarted["epochs_run"] == 1
