@@ -280,7 +280,9 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     for item in items:
         entry = previous_manifest.get(item.item_id)
         if _is_finished(root, entry, item):
-            skipped.append(entry)
+            # A copied shard folder records the original folder's paths; record this folder's.
+            skipped.append({**entry, "shards": [{**shard, "path": root.record(shard["path"])}
+                                                for shard in entry["shards"]]})
         else:
             todo.append(item)
     logger.info("%d %s items to tile, %d already done, %d failed while listing",

@@ -308,7 +308,8 @@ def run_folder_ingest(config: FolderIngestConfig) -> IngestResult:
         split = str(image_split[image_id])
         entry = previous_manifest.get(image_id)
         if _is_finished(root, entry, split):
-            skipped.append(entry)
+            # A copied shard folder records the original folder's paths; record this folder's.
+            skipped.append({**entry, "shard": root.record(entry["shard"])})
             continue
         group_id = tcga_patient_id(image_id) if config.splits.group_by is GroupBy.PATIENT else image_id
         todo.append(asdict(ImageItem(image_id, str(image_path), str(mask_path), str(group_id), split)))

@@ -107,19 +107,31 @@ class OutputRoot:
         return shard_path(self.location, split, name)
 
     def locate(self, recorded: str) -> str | None:
-        """Return the location of a path recorded in the manifest.
+        """Return the location below this root of a shard path recorded in the manifest.
+
+        A path below this root is returned as it is, with this root's query for
+        an object store. A manifest copied or moved with its folder still names
+        the old folder, for example after a copy to another disk or to a bucket.
+        Its shard is then looked up at the same ``<split>/<file>`` below this
+        root. The caller's checksum check decides whether that copy is intact.
 
         Returns:
-            The recorded path for a local root. For an object store, the URI
-            with this root's query, or None when the recorded path does not lie
-            below this root (for example a local path in an uploaded manifest).
+            The location, or None when the recorded path names no split folder.
         """
-        if not self.remote:
-            return recorded
-        base = storage.without_query(self.location).rstrip("/") + "/"
-        if not recorded.startswith(base) or len(recorded) == len(base):
+        base = (storage.without_query(self.location) if self.remote else self.location).rstrip("/") + "/"
+        if recorded.startswith(base) and len(recorded) > len(base):
+            return self.join(*recorded[len(base):].split("/"))
+        parts = storage.without_query(recorded).replace("\\", "/").rstrip("/").split("/")
+        if len(parts) < 2 or parts[-2] not in {split.value for split in Split}:
             return None
-        return self.join(*recorded[len(base):].split("/"))
+        return self.join(parts[-2], parts[-1])
+
+    def record(self, recorded: str) -> str:
+        """Return a recorded shard path as this root records it; the shard must have been located."""
+        location = self.locate(recorded)
+        if location is None:
+            raise ValueError(f"shard path {recorded!r} names no split folder")
+        return recorded_path(location)
 
     def exists(self, location: Path | str) -> bool:
         """Tell whether a file or object exists at a location below the root."""

@@ -118,6 +118,24 @@ def test_rerun_skips_finished_images(ray_start_4_cpus, glas_folders, tmp_path):
     assert {p: file_sha256(p) for p in output.glob("*/*.parquet")} == checksums
 
 
+def test_rerun_repairs_copied_shard_folder(ray_start_4_cpus, glas_folders, tmp_path):
+    images, masks = glas_folders
+    original = tmp_path / "shards"
+    run_folder_ingest(make_config(images, masks, original))
+    copied = tmp_path / "copied"
+    shutil.copytree(original, copied)
+    damaged = sorted(copied.glob("*/*.parquet"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+
+    result = run_folder_ingest(make_config(images, masks, copied))
+
+    assert [entry["image_id"] for entry in result.written] == [damaged.stem]
+    assert len(result.skipped) == len(GLAS_SUBSET) - 1
+    recorded = [entry["shard"] for entry in json.loads((copied / MANIFEST_FILE).read_text())["images"]]
+    assert all(path.startswith(str(copied)) for path in recorded)
+    check_schema(pq.read_schema(damaged), source=str(damaged))
+
+
 def test_rerun_with_other_settings_is_rejected(ray_start_4_cpus, glas_folders, tmp_path):
     images, masks = glas_folders
     output = tmp_path / "shards"
