@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -374,6 +375,20 @@ def delete_file(location: Location, *, filesystem: pafs.FileSystem | None = None
     resolved, path = resolve(location, filesystem=filesystem)
     with _storage_errors(location, "delete", resolved, path):
         resolved.delete_file(path)
+
+
+def make_temporary_file(folder: str | Path | None, *, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """Create a temporary file as ``tempfile.mkstemp`` does, with the mode of an ordinary new file.
+
+    ``mkstemp`` creates files readable by their owner only (0600); a file
+    renamed into an output folder would keep that mode. This one gets 0666
+    less the process's umask, as ``open`` would give it.
+    """
+    handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(handle, 0o666 & ~umask)
+    return handle, name
 
 
 def delete_folder(location: Location, *, filesystem: pafs.FileSystem | None = None) -> None:

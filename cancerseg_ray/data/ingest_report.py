@@ -22,18 +22,20 @@ def format_dataset_summary(result: IngestResult) -> str:
     for entry in result.written + result.failed:
         skipped_tiles.update(entry.get("tiles_skipped") or {})
     kept = sum(entry.get("tiles", 0) for entry in result.written)
+    # Each class column is as wide as its name, and at least as wide as "100.0%".
+    widths = [max(len(name), 7) for name in names]
     lines = [
         f"items: {len(result.written)} written, {len(result.skipped)} already done, {len(result.failed)} failed",
         f"tiles written this run: {kept}; skipped: "
         + (", ".join(f"{count} {reason}" for reason, count in sorted(skipped_tiles.items())) or "none"),
         "",
-        f"{'split':<6} {'items':>6} {'tiles':>7}  " + "  ".join(f"{name[:12]:>12}" for name in names),
+        f"{'split':<6} {'items':>6} {'tiles':>7}  " + "  ".join(f"{name:>{width}}" for name, width in zip(names, widths, strict=True)),
     ]
     for split, entry in stats["splits"].items():
         counts = np.asarray(entry["class_pixel_counts"], dtype=np.float64)
         shares = counts / counts.sum() if counts.sum() else counts
         lines.append(
-            f"{split:<6} {entry['images']:>6} {entry['tiles']:>7}  " + "  ".join(f"{s:>12.1%}" for s in shares)
+            f"{split:<6} {entry['images']:>6} {entry['tiles']:>7}  " + "  ".join(f"{share:>{width}.1%}" for share, width in zip(shares, widths, strict=True))
         )
     lines.append("loss weights: " + ", ".join(
         f"{name}={weight:.3f}" for name, weight in zip(names, stats["loss_weights"], strict=True)))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -115,7 +114,7 @@ class ShardWriter:
         if self._writer is None:
             folder = None if self._remote else self.path.parent  # type: ignore[union-attr]
             stem = PurePosixPath(storage.without_query(self.path)).stem
-            handle, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".parquet.tmp", dir=folder)
+            handle, name = storage.make_temporary_file(folder, prefix=f".{stem}.", suffix=".parquet.tmp")
             os.close(handle)
             self._temporary = Path(name)
             self._writer = pq.ParquetWriter(self._temporary, self._schema, compression="zstd")

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -189,7 +188,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    handle, temporary = storage.make_temporary_file(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w") as stream:
             json.dump(payload, stream, indent=2, sort_keys=False, allow_nan=False)

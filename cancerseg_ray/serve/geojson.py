@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from rasterio.transform import Affine
 from shapely import affinity
 from shapely.geometry import mapping, shape
 
+from cancerseg_ray import storage
 from cancerseg_ray.serve.config import CoordinateOrigin
 from cancerseg_ray.serve.tiling import SlideGrid
 
@@ -124,7 +124,7 @@ def mask_to_features(mask: Any, grid: SlideGrid, *, class_names: Sequence[str],
 def write_geojson(feature_list: list[dict[str, Any]], path: Path) -> Path:
     """Write a ``FeatureCollection`` atomically (temporary file, then rename)."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    handle, temporary = storage.make_temporary_file(path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w") as stream:
             json.dump({"type": "FeatureCollection", "features": feature_list}, stream, allow_nan=False)

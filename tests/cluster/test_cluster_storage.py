@@ -8,7 +8,9 @@ so only the parsing of gs:// URIs is checked.
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 import uuid
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 from pydantic import ValidationError
 
 from cancerseg_ray import storage
+from cancerseg_ray.data.splits import write_json_atomic
 from cancerseg_ray.errors import CancerSegError, ConfigError
 from cancerseg_ray.storage import InvalidURIError, StorageError, StorageNotFoundError
 from cancerseg_ray.train.config import TrainGridConfig
@@ -361,3 +364,13 @@ def test_messages_hide_credentials_in_uri():
     assert "AKIDEXAMPLE" not in message
     assert "secret_key=***" in message
     assert "region=us-east-1" in message
+
+
+def test_atomic_writes_get_ordinary_file_mode(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "run.json", {"seed": 0})
+    finally:
+        os.umask(previous)
+
+    assert stat.S_IMODE((tmp_path / "run.json").stat().st_mode) == 0o644

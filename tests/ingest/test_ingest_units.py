@@ -12,6 +12,8 @@ from cancerseg_ray.data.dataset_ingest import assign_item_splits, check_shard_sp
 from cancerseg_ray.data.datasets.bcss import find_rare_codes, parse_roi_name
 from cancerseg_ray.data.datasets.coco import decode_rle, decode_rle_counts
 from cancerseg_ray.data.datasets.pannuke import semantic_from_channels
+from cancerseg_ray.data.ingest import IngestResult
+from cancerseg_ray.data.ingest_report import format_dataset_summary
 from cancerseg_ray.data.labels import LabelMap
 from cancerseg_ray.data.shards import SPLITS_FILE
 from cancerseg_ray.data.sources import IngestConfig
@@ -158,3 +160,16 @@ def test_shard_split_check_finds_leakage():
     with pytest.raises(InputDataError, match="TCGA-A1-A0SK"):
         check_shard_splits(entries, GroupBy.PATIENT)
     check_shard_splits(entries, GroupBy.TILE)
+
+
+def test_summary_keeps_long_class_names(tmp_path):
+    names = ["background", "non_neoplastic_epithelial", "tumour"]
+    statistics = {"class_names": names, "loss_weights": [0.2, 0.5, 0.3],
+                  "splits": {"train": {"images": 2, "tiles": 10, "class_pixel_counts": [50, 30, 20]}}}
+    result = IngestResult(tmp_path, [{"image_id": "a", "tiles": 10}], [], [], statistics, 1.0)
+
+    header, row = format_dataset_summary(result).splitlines()[3:5]
+
+    assert header.split()[-3:] == names
+    assert row.split()[-3:] == ["50.0%", "30.0%", "20.0%"]
+    assert len(header) == len(row)
