@@ -9,6 +9,7 @@ The bundled configs rely on this: ``configs/demo/ingest.yaml`` names
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import TypeVar
@@ -75,6 +76,47 @@ def require_local_file(path: str | os.PathLike[str], *, field: str, hint: str) -
     return file
 
 
+def _shown_input(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_names(model: type[BaseModel] | None, parent: str) -> set[str]:
+    """Return the field names of the model found at the dotted ``parent`` path below ``model``; empty if none."""
+    for part in [part for part in parent.split(".") if part]:
+        field = model.model_fields.get(part) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return set(model.model_fields) if model is not None else set()
+
+
+def format_validation_error(error: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """Format pydantic's errors as one line per problem: the field, what is wrong, and the value given.
+
+    An unknown field gets the closest name among the fields of its level of
+    the model and the fields that the same config lacks, so a misspelled
+    ``sorce:`` reads as "did you mean 'source'?".
+    """
+    problems = error.errors(include_url=False)
+    missing = {".".join(map(str, problem["loc"])) for problem in problems if problem["type"] == "missing"}
+    lines = []
+    for problem in problems:
+        field = ".".join(map(str, problem["loc"])) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            parent = field.rpartition(".")[0]
+            names = {name.rpartition(".")[2] for name in missing if name.rpartition(".")[0] == parent}
+            names |= _field_names(model, parent)
+            close = difflib.get_close_matches(field.rpartition(".")[2], sorted(names), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; remove it or check its spelling"
+            lines.append(f"- {field}: unknown field{hint}")
+        elif problem["type"] == "missing":
+            lines.append(f"- {field}: required field is missing")
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"- {field}: {message} (got {_shown_input(problem['input'])})")
+    return "\n".join(lines)
+
+
 def load_yaml_config(path: str | Path, model: type[ConfigT], **overrides: object) -> ConfigT:
     """Read a YAML file into a pydantic model, applying command-line overrides.
 
@@ -102,4 +144,4 @@ def load_yaml_config(path: str | Path, model: type[ConfigT], **overrides: object
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(f"config file {path} is invalid:\n{error}") from error
+        raise ConfigError(f"config file {path} is invalid:\n{format_validation_error(error, model)}") from None
