@@ -24,6 +24,7 @@ from cancerseg_ray.config import load_yaml_config
 from cancerseg_ray.data.config import FolderIngestConfig
 from cancerseg_ray.data.dataset_ingest import run_ingest
 from cancerseg_ray.data.ingest import run_folder_ingest
+from cancerseg_ray.data.preflight import check_ingest_config
 from cancerseg_ray.data.sources import IngestConfig
 from cancerseg_ray.errors import CancerSegError, ConfigError
 from cancerseg_ray.runtime import configure_logging, init_ray
@@ -64,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if _has_source(args.config):
             config = load_yaml_config(args.config, IngestConfig, **overrides)
+            check_ingest_config(config)
             init_ray(args.address)
             result = run_ingest(config)
         else:
             folder_config = load_yaml_config(args.config, FolderIngestConfig, **overrides)
+            check_ingest_config(folder_config)
             init_ray(args.address)
             result = run_folder_ingest(folder_config)
     except CancerSegError as error:

@@ -1,4 +1,4 @@
-"""The training and evaluation jobs reject bad configs with exit status 2 before Ray starts.
+"""The ingest, training and evaluation jobs reject bad configs with exit status 2 before Ray starts.
 
 Each job's ``main`` runs in a fresh Python process, because the session's Ray
 fixture may already be running in the test process. The process reports
@@ -21,6 +21,7 @@ from tests.train.conftest import write_shard_metadata
 
 TRAIN_JOB = REPO_ROOT / "jobs" / "train_all.py"
 EVALUATE_JOB = REPO_ROOT / "jobs" / "evaluate.py"
+INGEST_JOB = REPO_ROOT / "jobs" / "make_shards.py"
 
 DRIVER = """
 import json, logging, runpy, sys
@@ -121,6 +122,34 @@ def test_evaluate_job_rejects_bad_configs_before_ray(workspace):
         assert not result["ray_initialized"], message
         assert any(message in line for line in result["messages"]), (message, result["messages"])
     assert not (workspace / "report").exists()
+
+
+INGEST_CASES = [
+    ({"images_dir": "glas/imagez"}, "images_dir glas/imagez (resolved to {cwd}/glas/imagez"),
+    ({"masks_dir": "glas/images/testA_1.bmp"}, "masks_dir glas/images/testA_1.bmp (resolved to"),
+    ({"output_dir": "taken"}, "output_dir taken (resolved to {cwd}/taken from the current directory"),
+]
+
+
+def test_ingest_job_rejects_missing_inputs_before_ray(workspace):
+    (workspace / "glas" / "images").mkdir(parents=True)
+    (workspace / "glas" / "masks").mkdir()
+    (workspace / "glas" / "images" / "testA_1.bmp").write_bytes(b"")
+    (workspace / "taken").write_text("")
+    cases, expected = [], []
+    for index, (fields, message) in enumerate(INGEST_CASES):
+        config = {"dataset_name": "glas", "images_dir": "glas/images", "masks_dir": "glas/masks", "output_dir": "shards_out",
+                  "label_map": str(REPO_ROOT / "configs" / "labels" / "glas.yaml"), **fields}
+        cases.append(["--config", write_yaml(workspace / f"ingest{index}.yaml", config)])
+        expected.append(message.format(cwd=workspace))
+
+    results = run_job_cases(INGEST_JOB, cases, workspace)
+
+    for result, message in zip(results, expected, strict=True):
+        assert result["status"] == 2, result
+        assert not result["ray_initialized"], message
+        assert any(message in line for line in result["messages"]), (message, result["messages"])
+    assert not (workspace / "shards_out").exists()
 
 
 @pytest.mark.parametrize("job", [TRAIN_JOB, EVALUATE_JOB], ids=["train_all", "evaluate"])
