@@ -7,8 +7,11 @@ Example:
 Each slide gets a folder with mask.tiff, annotations.geojson, overlay.png and
 result.json. summary.csv lists every slide as scored, skipped (finished on an
 earlier run with the same checkpoint and settings) or failed, with the error.
-The output may be an s3:// or gs:// URI. The exit status is 1 when some slide
-failed and 2 on a config or storage error.
+The output may be an s3:// or gs:// URI. The slide list is checked before Ray
+starts: an empty slide folder, or a manifest with invalid rows (every one is
+listed with its line number), stops the job before any slide is scored. The
+exit status is 1 when some slide failed and 2 on a config, slide list or
+storage error.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from cancerseg_ray import storage
 from cancerseg_ray.config import load_yaml_config
 from cancerseg_ray.errors import CancerSegError
 from cancerseg_ray.runtime import configure_logging, init_ray
-from cancerseg_ray.serve.batch import FAILED, SUMMARY_FILE, score_slides
+from cancerseg_ray.serve.batch import FAILED, SUMMARY_FILE, list_slides, score_slides
 from cancerseg_ray.serve.config import BatchScoreConfig
 
 logger = logging.getLogger("score_slides")
@@ -50,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                                   output_dir=args.output, mpp_override=args.mpp, num_actors=args.num_actors,
                                   use_gpu=args.use_gpu)
         storage.check_bucket(config.output_dir)
+        entries = list_slides(config)
         init_ray(args.address)
-        summary = score_slides(config)
+        summary = score_slides(config, entries)
     except CancerSegError as error:
         logger.error("%s", error)
         return 2

@@ -17,6 +17,7 @@ each such slide to a temporary file, because OpenSlide reads local files only.
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import tempfile
@@ -58,17 +59,12 @@ def list_slides(config: BatchScoreConfig) -> list[SlideEntry]:
     """List the slides of the configured folder or manifest.
 
     Raises:
-        ConfigError: If the folder or manifest is missing, a manifest lacks a
-            ``path`` column, or two slides get the same id.
+        ConfigError: If the folder or manifest is missing, the folder contains no
+            slide, the manifest lacks a ``path`` column, lists no slide or has
+            invalid rows, or two slides get the same id.
     """
     if config.slides_dir is not None:
-        folder = Path(config.slides_dir)
-        if not folder.is_dir():
-            raise ConfigError(f"slides_dir {folder} is not a folder")
-        suffixes = {suffix.lower() for suffix in config.slide_suffixes}
-        files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in suffixes)
-        entries = [SlideEntry(slide_id=_slide_id(path.relative_to(folder)), path=str(path.resolve()),
-                              mpp=config.mpp_override) for path in files]
+        entries = _list_folder(Path(config.slides_dir), config.slide_suffixes, config.mpp_override)
     else:
         entries = _read_manifest(Path(config.manifest), config.mpp_override)
     seen: dict[str, str] = {}
@@ -82,20 +78,78 @@ def list_slides(config: BatchScoreConfig) -> list[SlideEntry]:
     return entries
 
 
+def _list_folder(folder: Path, slide_suffixes: list[str], mpp_override: float | None) -> list[SlideEntry]:
+    if not folder.is_dir():
+        raise ConfigError(f"slides_dir {folder} is not a folder")
+    suffixes = {suffix.lower() for suffix in slide_suffixes}
+    files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in suffixes)
+    if not files:
+        raise ConfigError(
+            f"no slides found in {folder.resolve()} (looked for {', '.join(sorted(suffixes))}); "
+            "pass a folder that contains slides, or set slide_suffixes in the config"
+        )
+    return [SlideEntry(slide_id=_slide_id(path.relative_to(folder)), path=str(path.resolve()), mpp=mpp_override)
+            for path in files]
+
+
 def _read_manifest(path: Path, mpp_override: float | None) -> list[SlideEntry]:
+    """Read a manifest, checking every row before any slide is scored.
+
+    Every invalid row is collected, so that one error lists all of them with
+    their line numbers in the file.
+    """
     if not path.is_file():
         raise ConfigError(f"manifest {path} not found")
-    table = pd.read_csv(path)
-    if "path" not in table.columns:
-        raise ConfigError(f"manifest {path} has no 'path' column; its columns are {list(table.columns)}")
-    entries = []
-    for row in table.itertuples(index=False):
-        slide_location, stem = _manifest_location(path, str(row.path))
-        slide_id = str(getattr(row, "slide_id", "") or "") or stem
-        mpp = getattr(row, "mpp", None)
-        mpp = mpp_override if mpp is None or (isinstance(mpp, float) and math.isnan(mpp)) else float(mpp)
-        entries.append(SlideEntry(slide_id=slide_id, path=slide_location, mpp=mpp))
+    entries: list[SlideEntry] = []
+    problems: list[str] = []
+    try:
+        # utf-8-sig drops the byte order mark that spreadsheet programs put before the header.
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            reader = csv.DictReader(file)
+            columns = reader.fieldnames or []
+            if "path" not in columns:
+                raise ConfigError(f"manifest {path} has no 'path' column; its columns are {list(columns)}")
+            for row in reader:
+                try:
+                    entries.append(_manifest_entry(path, row, mpp_override))
+                except ConfigError as error:
+                    problems.append(f"line {reader.line_num}: {error}")
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ConfigError(f"failed to read manifest {path}: {error}; save it as a UTF-8 CSV file") from error
+    if problems:
+        raise ConfigError(
+            f"manifest {path.resolve()} has {len(problems)} invalid row(s); fix them and run the job again:\n  "
+            + "\n  ".join(problems)
+        )
+    if not entries:
+        raise ConfigError(f"manifest {path.resolve()} lists no slides; add one row per slide under the header")
     return entries
+
+
+def _manifest_entry(manifest: Path, row: dict[str, str | None], mpp_override: float | None) -> SlideEntry:
+    """Build the entry of one manifest row.
+
+    Raises:
+        ConfigError: If the path is empty or an invalid URI, or the mpp is not a positive number.
+    """
+    value = (row.get("path") or "").strip()
+    if not value:
+        raise ConfigError("path is empty; give the slide's file path or s3:// or gs:// URI")
+    slide_location, stem = _manifest_location(manifest, value)
+    slide_id = (row.get("slide_id") or "").strip() or stem
+    mpp_text = (row.get("mpp") or "").strip()
+    if not mpp_text:
+        return SlideEntry(slide_id=slide_id, path=slide_location, mpp=mpp_override)
+    try:
+        mpp = float(mpp_text)
+    except ValueError:
+        mpp = math.nan
+    if not math.isfinite(mpp) or mpp <= 0:
+        raise ConfigError(
+            f"slide {storage.redact(value)}: mpp {mpp_text!r} is not a positive number of micrometres per pixel; "
+            "fix it or leave it empty to use the slide's own resolution"
+        )
+    return SlideEntry(slide_id=slide_id, path=slide_location, mpp=mpp)
 
 
 def _manifest_location(manifest: Path, value: str) -> tuple[str, str]:
@@ -103,11 +157,11 @@ def _manifest_location(manifest: Path, value: str) -> tuple[str, str]:
     try:
         remote = storage.is_remote(value)
     except storage.InvalidURIError as error:
-        raise ConfigError(f"manifest {manifest}: {error}") from error
+        raise ConfigError(str(error)) from error
     if remote:
         name = storage.location_name(value)
         if not name:
-            raise ConfigError(f"manifest {manifest}: slide URI {storage.redact(value)!r} names no file")
+            raise ConfigError(f"slide URI {storage.redact(value)!r} names no file")
         return value, Path(name).stem
     slide_path = Path(value)
     if not slide_path.is_absolute():
@@ -115,17 +169,43 @@ def _manifest_location(manifest: Path, value: str) -> tuple[str, str]:
     return str(slide_path.resolve()), slide_path.stem
 
 
+SUMMARY_COLUMNS = ("slide_id", "path", "status", "error", "seconds")
+"""Columns of every summary row. A scored or skipped slide adds its counts and per-class areas."""
+
+
 def summary_row(entry: SlideEntry, status: str, *, score: SlideScore | None = None, error: str = "",
                 seconds: float = 0.0) -> dict[str, Any]:
     """Build one summary row; per-class columns are ``<class>_area_um2`` and ``<class>_fraction``."""
-    row: dict[str, Any] = {"slide_id": entry.slide_id, "path": storage.redact(entry.path), "status": status, "error": error,
-                           "seconds": round(seconds, 2)}
+    row: dict[str, Any] = {"slide_id": entry.slide_id, "path": storage.redact(entry.path), "status": status,
+                           "error": error, "seconds": round(seconds, 2)}
     if score is not None:
         row.update(tiles_scored=score.tiles_scored, tissue_area_um2=score.tissue_area_um2)
         for area in score.areas:
             row[f"{area.class_name}_area_um2"] = area.area_um2
             row[f"{area.class_name}_fraction"] = area.fraction_of_tissue
     return row
+
+
+def summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Build the summary table sorted by slide id.
+
+    A failed slide has no counts, and pandas would turn an integer column with
+    a missing value into floats (``29.0``). Columns whose values are all
+    integers therefore become nullable ``Int64``, which writes ``29`` and an
+    empty cell.
+    """
+    summary = pd.DataFrame(rows, columns=None if rows else list(SUMMARY_COLUMNS))
+    # The rows are checked, because the frame already contains floats in place of the integers.
+    integer_columns = [column for column in summary.columns
+                       if _all_integers([row[column] for row in rows if column in row])]
+    summary = summary.astype({column: "Int64" for column in integer_columns})
+    return summary.sort_values("slide_id").reset_index(drop=True)
+
+
+def _all_integers(values: list[Any]) -> bool:
+    return bool(values) and all(
+        isinstance(value, int | np.integer) and not isinstance(value, bool) for value in values
+    )
 
 
 class SlideScorer:
@@ -209,11 +289,18 @@ def _already_scored(entry: SlideEntry, output_dir: str, info: ModelInfo, scoring
     return None
 
 
-def score_slides(config: BatchScoreConfig) -> pd.DataFrame:
+def score_slides(config: BatchScoreConfig, entries: list[SlideEntry] | None = None) -> pd.DataFrame:
     """Score every listed slide and write ``summary.csv`` into the output folder.
 
-    An object-store output's bucket is checked first, so a missing bucket
-    fails before the model is loaded or any Ray work starts.
+    An object-store output's bucket and the slide list are checked first, so
+    a missing bucket, an empty slide folder or an invalid manifest fails
+    before the model is loaded, any Ray work starts or the output folder is
+    created.
+
+    Args:
+        config: The job settings.
+        entries: The slides from ``list_slides(config)``, when the caller has
+            listed them already; by default they are listed here.
 
     Returns:
         The summary: one row per slide with status ``scored``, ``skipped`` or
@@ -230,6 +317,8 @@ def score_slides(config: BatchScoreConfig) -> pd.DataFrame:
     else:
         # Actors with another working folder must write to the same place. This also turns file:// URIs into paths.
         output_dir = storage.resolve(output_dir)[1]
+    if entries is None:
+        entries = list_slides(config)
     info = resolve_model(config.model)
     if info.mpp is None:
         raise ConfigError(
@@ -237,7 +326,6 @@ def score_slides(config: BatchScoreConfig) -> pd.DataFrame:
         )
     if not storage.is_remote(output_dir):
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-    entries = list_slides(config)
 
     rows: list[dict[str, Any]] = []
     pending: list[SlideEntry] = []
@@ -268,7 +356,7 @@ def score_slides(config: BatchScoreConfig) -> pd.DataFrame:
             rows.append(summary_row(entry, status["status"], score=score, error=status["error"],
                                     seconds=score.seconds if score else 0.0))
 
-    summary = pd.DataFrame(rows).sort_values("slide_id").reset_index(drop=True)
+    summary = summary_frame(rows)
     summary_location = storage.join(output_dir, SUMMARY_FILE)
     # write_bytes replaces a local summary.csv atomically; an object becomes visible only once uploaded.
     storage.write_bytes(summary_location, summary.to_csv(index=False).encode("utf-8"))

@@ -4,7 +4,7 @@ Per slide folder:
 
 - ``mask.tiff``: pyramidal class mask at the model's resolution (see ``pyramid``);
 - ``annotations.geojson``: QuPath annotations in level-0 pixels (see ``geojson``);
-- ``overlay.png``: slide thumbnail with the class colours blended in;
+- ``overlay.png``: slide thumbnail with the classes filled, outlined and named in a legend;
 - ``tissue.png``: tissue mask of the thumbnail, when tissue detection is on;
 - ``result.json``: a ``SlideScore`` with the per-class areas, written last.
 """
@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel
+from scipy import ndimage
 
 from cancerseg_ray import storage
 from cancerseg_ray.data.splits import write_json_atomic
@@ -115,15 +116,65 @@ def class_areas(class_pixels: np.ndarray, tissue_pixels: int, *, pixel_area_um2:
     return areas
 
 
-def write_overlay_png(reader: BaseReader, mask, grid: SlideGrid, path: Path, *, colours: list[tuple[int, int, int]],
-                      classes: list[int], max_size: int, alpha: float) -> Path:
-    """Blend class colours over a slide thumbnail and save it as PNG.
+OVERLAY_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (0, 230, 0),
+    (255, 225, 0),
+    (0, 225, 255),
+    (255, 120, 0),
+    (0, 70, 255),
+    (0, 0, 0),
+)
+"""Colours of the drawn classes on ``overlay.png``, taken in the order of the drawn classes.
 
-    Each thumbnail pixel takes the mask value at its centre, so only the mask
-    pixels under the thumbnail grid are read.
+Saturated green, yellow, cyan and orange contrast with the pink and purple of
+H&E staining. A model palette need not, and a purple gland class is nearly
+invisible on purple tissue. ``mask.tiff`` and the GeoJSON keep the model's colours.
+"""
+OVERLAY_OUTLINE_PX = 2
+"""Width of the class outlines on ``overlay.png``, in thumbnail pixels."""
+
+
+def overlay_colour(position: int) -> tuple[int, int, int]:
+    """Return the overlay colour of the drawn class at ``position`` in the list of drawn classes."""
+    # NOTE: more than six drawn classes reuse the colours, so the legend is the only way to tell them apart.
+    return OVERLAY_COLOURS[position % len(OVERLAY_COLOURS)]
+
+
+def write_overlay_png(reader: BaseReader, mask, grid: SlideGrid, path: Path, *, class_names: list[str],
+                      classes: list[int], max_size: int, alpha: float) -> Path:
+    """Draw the classes over a slide thumbnail and save it as PNG.
+
+    Each drawn class is filled with its ``OVERLAY_COLOURS`` entry at opacity
+    ``alpha``, outlined ``OVERLAY_OUTLINE_PX`` pixels wide at full opacity
+    inside its regions, and named in a legend in the corner with the fewest
+    class pixels. Each thumbnail pixel takes the mask value at its centre, so
+    only the mask pixels under the thumbnail grid are read.
     """
     thumbnail, scale = reader.thumbnail(max_size)
-    height, width = thumbnail.shape[:2]
+    values = _thumbnail_classes(mask, grid, thumbnail.shape[:2], scale)
+
+    overlay = thumbnail.astype(np.float32)
+    outline = np.ones((3, 3), dtype=bool)
+    for position, index in enumerate(classes):
+        region = values == index
+        if not region.any():
+            continue
+        colour = np.asarray(overlay_colour(position), dtype=np.float32)
+        overlay[region] = overlay[region] * (1.0 - alpha) + colour * alpha
+        # border_value=1 keeps regions cut by the thumbnail's edge open there instead of framing them.
+        inner = ndimage.binary_erosion(region, structure=outline, iterations=OVERLAY_OUTLINE_PX, border_value=1)
+        overlay[region & ~inner] = colour
+
+    image = Image.fromarray(np.clip(np.rint(overlay), 0, 255).astype(np.uint8))
+    legend = [(class_names[index], overlay_colour(position)) for position, index in enumerate(classes)]
+    _draw_legend(image, legend, np.isin(values, classes))
+    image.save(path)
+    return path
+
+
+def _thumbnail_classes(mask, grid: SlideGrid, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Return the mask value at the centre of each thumbnail pixel, 255 outside the grid."""
+    height, width = shape
     columns = np.floor(((np.arange(width) + 0.5) / scale - grid.origin_x) / grid.downsample).astype(np.int64)
     rows = np.floor(((np.arange(height) + 0.5) / scale - grid.origin_y) / grid.downsample).astype(np.int64)
     column_inside = (columns >= 0) & (columns < grid.width)
@@ -133,16 +184,38 @@ def write_overlay_png(reader: BaseReader, mask, grid: SlideGrid, path: Path, *, 
     if column_inside.any() and row_inside.any():
         picked = mask.oindex[rows[row_inside], columns[column_inside]]
         values[np.ix_(row_inside, column_inside)] = picked
+    return values
 
-    lookup = np.zeros((256, 3), dtype=np.float32)
-    drawn = np.zeros(256, dtype=bool)
-    for index in classes:
-        lookup[index] = colours[index]
-        drawn[index] = True
-    blend = drawn[values][..., None] * alpha
-    overlay = thumbnail * (1.0 - blend) + lookup[values] * blend
-    Image.fromarray(np.clip(np.rint(overlay), 0, 255).astype(np.uint8)).save(path)
-    return path
+
+def _draw_legend(image: Image.Image, legend: list[tuple[str, tuple[int, int, int]]], drawn: np.ndarray) -> None:
+    """Draw a box naming each class next to its colour, in the corner that covers the fewest drawn pixels.
+
+    The legend is left out when it would take more than a third of the
+    image's width or height, as on very small overlays.
+    """
+    if not legend:
+        return
+    font_size = max(12, round(max(image.size) / 90))
+    font = ImageFont.load_default(size=font_size)
+    draw = ImageDraw.Draw(image)
+    padding = font_size // 2
+    swatch = font_size
+    line_height = font_size + padding
+    text_width = max(draw.textlength(name, font=font) for name, _ in legend)
+    box_width = round(padding * 3 + swatch + text_width)
+    box_height = padding + line_height * len(legend)
+    width, height = image.size
+    if box_width > width / 3 or box_height > height / 3:
+        return
+
+    corners = [(width - box_width, 0), (0, 0), (width - box_width, height - box_height), (0, height - box_height)]
+    left, top = min(corners, key=lambda corner: int(drawn[corner[1]:corner[1] + box_height,
+                                                          corner[0]:corner[0] + box_width].sum()))
+    draw.rectangle((left, top, left + box_width - 1, top + box_height - 1), fill=(255, 255, 255), outline=(0, 0, 0))
+    for line, (name, colour) in enumerate(legend):
+        y = top + padding + line * line_height
+        draw.rectangle((left + padding, y, left + padding + swatch - 1, y + swatch - 1), fill=colour, outline=(0, 0, 0))
+        draw.text((left + padding * 2 + swatch, y), name, fill=(0, 0, 0), font=font)
 
 
 def write_slide_outputs(reader: BaseReader, sink: ZarrMaskSink, grid: SlideGrid, *, output_dir: Path,
@@ -161,7 +234,7 @@ def write_slide_outputs(reader: BaseReader, sink: ZarrMaskSink, grid: SlideGrid,
         min_area_px=config.min_polygon_area_um2 / pixel_area_um2, origin=config.coordinate_origin,
     )
     write_geojson(feature_list, output_dir / GEOJSON_FILE)
-    write_overlay_png(reader, mask, grid, output_dir / OVERLAY_PNG, colours=model.colours, classes=classes,
+    write_overlay_png(reader, mask, grid, output_dir / OVERLAY_PNG, class_names=model.class_names, classes=classes,
                       max_size=config.overlay_max_size, alpha=config.overlay_alpha)
     levels = build_levels(sink.group, mask, tile_size=config.pyramid_tile_size, block_size=config.chunk_size)
     write_pyramidal_tiff(levels, output_dir / MASK_TIFF, colours=model.colours, ignore_index=model.ignore_index,

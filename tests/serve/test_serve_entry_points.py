@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import ray
 
 from jobs.score_slides import main as score_slides_main
 from jobs.serve_app import main as serve_app_main
+from tests.serve.conftest import CMU_SLIDE
 
 
 @pytest.mark.parametrize("main", [serve_app_main, score_slides_main], ids=["serve_app", "score_slides"])
@@ -33,3 +35,27 @@ def test_score_slides_rejects_uri_slides_dir(tmp_path, monkeypatch, caplog):
     assert "slides_dir must be a local path" in caplog.text
     assert not (tmp_path / "s3:").exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_score_slides_rejects_empty_folder(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("model:\n  checkpoint: model.pt\n")
+    (tmp_path / "empty").mkdir()
+    code = score_slides_main(["--config", "config.yaml", "--slides-dir", "empty", "--output", "out"])
+    assert code == 2
+    assert f"no slides found in {(tmp_path / 'empty').resolve()} (looked for .bif," in caplog.text
+    assert "Traceback" not in caplog.text
+    assert not (tmp_path / "out").exists()
+    assert not ray.is_initialized()
+
+
+def test_score_slides_rejects_bad_manifest_rows(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("model:\n  checkpoint: model.pt\n")
+    (tmp_path / "slides.csv").write_text(f"path,slide_id,mpp\n{CMU_SLIDE},cmu,\n../slides/good.svs,g1,abc\n")
+    code = score_slides_main(["--config", "config.yaml", "--manifest", "slides.csv", "--output", "out"])
+    assert code == 2
+    assert "has 1 invalid row(s)" in caplog.text
+    assert "line 3: slide ../slides/good.svs: mpp 'abc' is not a positive number" in caplog.text
+    assert not (tmp_path / "out").exists()
+    assert not ray.is_initialized()
