@@ -10,13 +10,17 @@ to the model replicas. ``build_app`` assembles both for ``serve.run``,
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route
 # signatures at run time, and Serve's class wrapper hides the module globals
-# that string annotations would need.
+# that string annotations would need. For the same reason the deployment
+# methods see only names defined above their class: a helper class defined
+# below raises NameError in the replica (seen with Ray 2.60).
 
 import asyncio
 import base64
 import io
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,19 +28,27 @@ import cv2
 import numpy as np
 import ray
 from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
 from cancerseg_ray import storage
-from cancerseg_ray.errors import CancerSegError
-from cancerseg_ray.io.slides import open_slide
+from cancerseg_ray.errors import CancerSegError, ConfigError
+from cancerseg_ray.io.slides import _MPP_HINT, MissingResolutionError, open_slide
 from cancerseg_ray.serve.config import ServeConfig
 from cancerseg_ray.serve.inference import score_slide, segment_image
-from cancerseg_ray.serve.jobs import UPLOAD_FOLDER, JobState, JobStatus, JobStore
+from cancerseg_ray.serve.jobs import (
+    STALE_JOB_S,
+    UPLOAD_FOLDER,
+    JobProgress,
+    JobState,
+    JobStatus,
+    JobStore,
+)
 from cancerseg_ray.serve.outputs import OUTPUT_FILES
 from cancerseg_ray.serve.predictor import ModelInfo, TilePredictor, resolve_model
 from cancerseg_ray.serve.security import (
@@ -55,12 +67,17 @@ from cancerseg_ray.serve.security import (
     safe_upload_name,
     save_limited,
 )
+from cancerseg_ray.serve.tiling import SlideGrid
 
 logger = logging.getLogger(__name__)
 
 API_VERSION = "1.0.0"
 MPP_TOLERANCE = 0.01
 """Relative difference between an upload's and the model's µm/px below which no resampling happens."""
+MAX_ECHOED_CHARS = 80
+"""Maximum length of an invalid value quoted in a validation error, in characters."""
+PROGRESS_WRITE_S = 5.0
+"""Minimum interval between two writes of a running job's tile count to its status file, in seconds."""
 
 api = FastAPI(
     title="CancerSeg-XA segmentation API",
@@ -87,6 +104,9 @@ class ModelMetadata(BaseModel):
 
 class SlidePathRequest(BaseModel):
     """Body of ``POST /v1/slides/score``."""
+
+    # A misspelt field such as "mpp" would otherwise be ignored silently.
+    model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="Slide file, relative to the data root (or absolute inside it).")
     mpp_override: float | None = Field(
@@ -139,6 +159,39 @@ _SLIDE_BODY = {
 async def _request_error(request: Request, error: RequestError) -> JSONResponse:
     logger.info("%s %s rejected with %d: %s", request.method, request.url.path, error.status_code, error)
     return JSONResponse(status_code=error.status_code, content={"detail": str(error)})
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    """Return FastAPI's parameter and body errors as one readable ``detail`` string, as the other 4xx are."""
+    detail = validation_message(error.errors())
+    logger.info("%s %s rejected with 422: %s", request.method, request.url.path, detail)
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """Join pydantic's error records into one sentence per value, such as ``body.path: Field required``."""
+    parts = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ())]
+        kind = error.get("type")
+        if kind == "json_invalid":
+            reason = error.get("ctx", {}).get("error", error.get("msg"))
+            position = f" at character {location[1]}" if len(location) > 1 else ""
+            parts.append(f"the body is not valid JSON{position} ({reason}); send a JSON object")
+        elif kind == "extra_forbidden":
+            parts.append(f"{'.'.join(location)}: unknown field; the accepted fields are "
+                         f"{', '.join(SlidePathRequest.model_fields)}")
+        elif kind == "missing" and location == ["body"]:
+            parts.append("the body is missing; send a JSON object")
+        elif kind == "missing":
+            parts.append(f"{'.'.join(location)}: {error.get('msg')}")
+        else:
+            value = repr(error.get("input"))
+            if len(value) > MAX_ECHOED_CHARS:
+                value = value[:MAX_ECHOED_CHARS] + "..."
+            parts.append(f"{'.'.join(location)}: {error.get('msg')}, got {value}")
+    return "invalid request: " + "; ".join(parts) + ". The request format is described at /docs."
 
 
 def mask_png(mask: np.ndarray, colours: list[tuple[int, int, int]]) -> bytes:
@@ -220,8 +273,23 @@ class SegmentationAPI:
         self.model = model
         self.data_root = Path(config.data_root).resolve()
         self.jobs = JobStore(Path(config.output_root))
+        # A single replica can fail every unfinished job at once, because no other replica can be running them.
+        # NOTE: during a rolling update the old replica may still finish a job failed here, and it then overwrites
+        # the failed state with its result.
+        interrupted = self.jobs.fail_interrupted(older_than_s=0.0 if config.ingress_replicas == 1 else STALE_JOB_S)
+        if interrupted:
+            logger.warning("marked %d jobs failed that were unfinished when the server stopped", len(interrupted))
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrent_slide_jobs, thread_name_prefix="slide-job")
+        self._stop_heartbeat = threading.Event()
+        threading.Thread(target=self.jobs.run_heartbeat, args=(self._stop_heartbeat,), name="job-heartbeat",
+                         daemon=True).start()
         logger.info("serving %s; slides under %s; jobs in %s", info.variant, self.data_root, self.jobs.root)
+
+    def __del__(self) -> None:
+        """Stop the job heartbeat thread when Serve shuts the replica down."""
+        stop = getattr(self, "_stop_heartbeat", None)
+        if stop is not None:
+            stop.set()
 
     def check_health(self) -> None:
         """Fail when the job folder is gone, because no slide job could be stored."""
@@ -311,9 +379,10 @@ class SegmentationAPI:
     async def score_slide_path(self, body: Annotated[SlidePathRequest, Body()]) -> JSONResponse:
         """Start a job that scores a slide file under the data root; poll ``GET /v1/jobs/{job_id}``."""
         path = resolve_under_root(self.data_root, body.path)
-        await asyncio.to_thread(self._check_slide, path, body.mpp_override, body.path)
+        await asyncio.to_thread(self._check_slide, path, body.mpp_override, body.path,
+                                "the mpp_override field of the request body")
         status = self.jobs.new_job(str(path.relative_to(self.data_root)))
-        self.executor.submit(self._run_job, status, path, body.mpp_override, None)
+        self._submit(status, path, body.mpp_override, None)
         return self._accepted(status)
 
     @api.post("/v1/slides/upload", response_model=JobStatus, status_code=202, summary="Upload and score a slide",
@@ -331,22 +400,21 @@ class SegmentationAPI:
         status = self.jobs.new_job(name)
         upload = self.jobs.folder(status.job_id) / UPLOAD_FOLDER / name
         upload.parent.mkdir()
+        # A rejected upload never becomes a job that the client knows of, so its folder is removed.
         try:
             await save_limited(request.stream(), upload, self.config.max_slide_upload_bytes)
             with upload.open("rb") as file:
                 if not is_tiff(file.read(4)):
                     raise UnsupportedMediaTypeError(f"{name} is not a TIFF-based slide; uploads accept TIFF-based formats")
-            await asyncio.to_thread(self._check_slide, upload, mpp_override, name)
-        except RequestError as error:
-            self.jobs.update(status, state=JobState.FAILED, error=str(error))
-            upload.unlink(missing_ok=True)
+            await asyncio.to_thread(self._check_slide, upload, mpp_override, name, "the mpp_override query parameter")
+        except RequestError:
+            self.jobs.delete(status.job_id)
             raise
         except ClientDisconnect:
             logger.warning("job %s: the client disconnected during the upload of %s", status.job_id, name)
-            self.jobs.update(status, state=JobState.FAILED, error="the client disconnected during the upload")
-            upload.unlink(missing_ok=True)
+            self.jobs.delete(status.job_id)
             raise
-        self.executor.submit(self._run_job, status, upload, mpp_override, upload)
+        self._submit(status, upload, mpp_override, upload)
         return self._accepted(status)
 
     @api.get("/v1/jobs/{job_id}", response_model=JobStatus, summary="Status and result of a slide job",
@@ -371,42 +439,83 @@ class SegmentationAPI:
 
     # Slide jobs.
 
-    def _check_slide(self, path: Path, mpp_override: float | None, display_name: str) -> None:
-        """Open the slide once, so that an unreadable file is a 422 instead of a failed job."""
+    def _check_slide(self, path: Path, mpp_override: float | None, display_name: str, override_hint: str) -> None:
+        """Open the slide and plan its grid, so that an unreadable or implausible slide is a 422 instead of a job.
+
+        ``override_hint`` names where the request gives ``mpp_override``.
+        """
         if self.info.mpp is None:
             raise UnprocessableError("the served model has no known resolution (model_mpp); it can segment tiles only")
         try:
-            with open_slide(path, mpp_override=mpp_override):
-                pass
+            with open_slide(path, mpp_override=mpp_override) as reader:
+                slide_mpp = reader.mpp
+                grid = SlideGrid.from_bounds(reader.bounds, slide_mpp=slide_mpp, model_mpp=self.info.mpp)
+        except MissingResolutionError as error:
+            detail = str(error).replace(str(path), display_name)
+            detail = detail.replace(_MPP_HINT, f"Send its level-0 resolution in µm/px as {override_hint}.")
+            raise UnprocessableError(detail) from error
         except CancerSegError as error:
             raise UnprocessableError(str(error).replace(str(path), display_name)) from error
+        self._check_grid(grid, slide_mpp, mpp_override, display_name, override_hint)
+
+    def _check_grid(self, grid: SlideGrid, slide_mpp: float, mpp_override: float | None, display_name: str,
+                    override_hint: str) -> None:
+        """Reject a grid that enlarges the slide too much or has too many pixels, since scoring it would take hours."""
+        source = "from mpp_override" if mpp_override is not None else "from its metadata"
+        upsampling = slide_mpp / self.info.mpp
+        plan = (f"slide {display_name} at {slide_mpp:.4g} µm/px ({source}) scored at the model's {self.info.mpp:.4g} "
+                f"µm/px gives a {grid.width} x {grid.height} pixel grid")
+        fix = (f"If the slide's resolution is wrong, send its real level-0 resolution in µm/px as {override_hint}.")
+        if upsampling > self.config.max_slide_upsampling:
+            raise UnprocessableError(
+                f"{plan}, enlarging the slide {upsampling:.1f} times; the limit is {self.config.max_slide_upsampling:g} "
+                f"times (max_slide_upsampling setting). {fix}"
+            )
+        pixels = grid.width * grid.height
+        if pixels > self.config.max_slide_grid_pixels:
+            raise UnprocessableError(
+                f"{plan} of {pixels:,} pixels; the limit is {self.config.max_slide_grid_pixels:,} pixels "
+                f"(max_slide_grid_pixels setting). {fix}"
+            )
 
     def _accepted(self, status: JobStatus) -> JSONResponse:
         return JSONResponse(status_code=202, content=status.model_dump(mode="json"),
                             headers={"Location": f"/v1/jobs/{status.job_id}"})
 
+    def _submit(self, status: JobStatus, path: Path, mpp_override: float | None, upload: Path | None) -> None:
+        """Queue a job on the thread pool and log an error that escapes it, which the pool would drop."""
+        future = self.executor.submit(self._run_job, status, path, mpp_override, upload)
+
+        def log_escaped(done: Future) -> None:
+            if done.exception() is not None:
+                logger.error("job %s stopped on an unexpected error", status.job_id, exc_info=done.exception())
+
+        future.add_done_callback(log_escaped)
+
     def _run_job(self, status: JobStatus, path: Path, mpp_override: float | None, upload: Path | None) -> None:
         status = self.jobs.update(status, state=JobState.RUNNING)
         logger.info("job %s: scoring %s", status.job_id, status.slide)
+        progress = JobProgress(self.jobs, status, min_interval_s=PROGRESS_WRITE_S)
         try:
             # Each predict call sends one batch of tiles as concurrent requests, so the
             # batch size sets how many tiles of this slide are in flight.
             scoring = self.config.scoring.model_copy(update={"batch_size": self.config.slide_tiles_in_flight})
             score = score_slide(path, predict=self.predict_tiles, model=self.info, config=scoring,
                                 output_dir=self.jobs.folder(status.job_id), mpp_override=mpp_override,
-                                slide_id=Path(status.slide).stem)
+                                slide_id=Path(status.slide).stem, progress=progress)
         except (CancerSegError, OSError, ray.exceptions.RayError) as error:
             logger.error("job %s failed on %s: %s", status.job_id, status.slide, error)
-            self.jobs.update(status, state=JobState.FAILED, error=str(error))
+            self.jobs.update(progress.status, state=JobState.FAILED, error=str(error))
             return
         except Exception as error:  # noqa: BLE001 - a job thread has no caller to raise to
             logger.exception("job %s hit an internal error on %s", status.job_id, status.slide)
-            self.jobs.update(status, state=JobState.FAILED,
+            self.jobs.update(progress.status, state=JobState.FAILED,
                              error=f"internal error ({type(error).__name__}); see the server log")
             return
         finally:
             if upload is not None:
                 upload.unlink(missing_ok=True)
+        status = progress.status
         score = score.model_copy(update={"slide_path": status.slide})
         self.jobs.update(status, state=JobState.SUCCEEDED, result=score)
         logger.info("job %s succeeded in %.1f s", status.job_id, score.seconds)
@@ -416,9 +525,17 @@ def build_app(args: dict[str, Any] | ServeConfig) -> serve.Application:
     """Assemble the application from a ``ServeConfig`` or its dictionary (the ``args`` of a Serve config file).
 
     Relative paths are resolved against the working folder of the process that builds the application.
+
+    Raises:
+        ConfigError: If ``data_root`` is not an existing folder.
     """
     config = args if isinstance(args, ServeConfig) else ServeConfig.model_validate(args)
     config = absolute_paths(config)
+    if not config.data_root.is_dir():
+        raise ConfigError(
+            f"data_root {config.data_root} is not an existing folder, so every slide request would fail; "
+            "create or mount it, or set data_root (--data-root) to the folder that contains the slides"
+        )
     info = resolve_model(config.model)
     model = SegmentationModel.options(
         num_replicas=config.model_replicas,

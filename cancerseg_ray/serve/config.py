@@ -171,6 +171,14 @@ class ServeConfig(BaseModel):
     max_slide_upload_bytes: int = Field(default=4096 * MIB, ge=1, description="Largest slide upload, in bytes.")
     max_tile_side: int = Field(default=2048, ge=16, description="Largest width or height of an uploaded tile, in pixels.")
     max_concurrent_slide_jobs: int = Field(default=1, ge=1, description="Slides scored at the same time per ingress replica.")
+    max_slide_upsampling: float = Field(
+        default=4.0, ge=1.0, description="Largest factor by which a slide job may enlarge a slide, that is the "
+        "slide's µm/px divided by the model's; a larger factor usually means a wrong resolution tag."
+    )
+    max_slide_grid_pixels: int = Field(
+        default=20_000_000_000, ge=1, description="Largest scoring grid of a slide job at the model's resolution, "
+        "in pixels (width x height); the default fits a 200,000 x 100,000 pixel scan scored at its own resolution."
+    )
     slide_tiles_in_flight: int = Field(
         default=16, ge=1, description="Tiles of one slide job sent to the model replicas before waiting for results; "
         "it replaces scoring.batch_size in slide jobs."

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 """``(N, T, T, 3) uint8 tiles -> (N, C, T, T) float32 probabilities``."""
+ProgressFn = Callable[[int, int], None]
+"""``(tiles predicted, tiles to predict)``, called once the tiles are planned and after each batch."""
 
 TISSUE_FILE = "tissue.png"
 _READER_POLL_S = 0.5
@@ -171,7 +173,7 @@ def _read_tiles(reader: BaseReader, grid: SlideGrid, positions: Sequence[TilePos
 
 def score_slide(slide_path: str | Path, *, predict: PredictFn, model: ModelInfo, config: ScoringConfig,
                 output_dir: str | Path, mpp_override: float | None = None, slide_id: str | None = None,
-                slide_location: str | None = None) -> SlideScore:
+                slide_location: str | None = None, progress: ProgressFn | None = None) -> SlideScore:
     """Segment a whole slide and write its outputs into ``output_dir``.
 
     Outputs: ``mask.tiff`` (pyramidal class mask), ``annotations.geojson``
@@ -189,6 +191,7 @@ def score_slide(slide_path: str | Path, *, predict: PredictFn, model: ModelInfo,
         slide_id: Name recorded in the result; default the file stem.
         slide_location: Where the slide came from, recorded in the result instead
             of ``slide_path`` (for a local copy of a slide in an object store).
+        progress: Called with the tiles predicted and the tiles to predict.
 
     Returns:
         The result that was written to ``result.json``.
@@ -232,7 +235,10 @@ def score_slide(slide_path: str | Path, *, predict: PredictFn, model: ModelInfo,
             chunk_size=config.chunk_size, ignore_index=model.ignore_index,
             tissue_rows=None if tissue is None else tissue.rows, keep_probabilities=config.keep_probabilities,
         )
-        _stitch_slide(reader, grid, scored, predict=predict, model=model, config=config, sink=sink, stride=stride)
+        if progress is not None:
+            progress(0, len(scored))
+        _stitch_slide(reader, grid, scored, predict=predict, model=model, config=config, sink=sink, stride=stride,
+                      progress=progress)
 
         score = write_slide_outputs(
             reader, sink, grid, output_dir=output_dir, model=model, config=config,
@@ -250,7 +256,8 @@ def score_slide(slide_path: str | Path, *, predict: PredictFn, model: ModelInfo,
 
 
 def _stitch_slide(reader: BaseReader, grid: SlideGrid, positions: list[TilePosition], *, predict: PredictFn,
-                  model: ModelInfo, config: ScoringConfig, sink: ZarrMaskSink, stride: int) -> None:
+                  model: ModelInfo, config: ScoringConfig, sink: ZarrMaskSink, stride: int,
+                  progress: ProgressFn | None) -> None:
     tile_size = model.tile_size
     weights = TileWeights(height=grid.height, width=grid.width, tile_size=tile_size, stride=stride,
                           mode=config.blend, sigma_fraction=config.gaussian_sigma_fraction)
@@ -258,13 +265,18 @@ def _stitch_slide(reader: BaseReader, grid: SlideGrid, positions: list[TilePosit
                             tile_size=tile_size, sink=sink)
     batch_positions: list[TilePosition] = []
     batch_tiles: list[np.ndarray] = []
+    tiles_done = 0
 
     def run_batch() -> None:
+        nonlocal tiles_done
         probabilities = _checked_predict(predict, np.stack(batch_tiles), model.num_classes)
         for position, tile_probabilities in zip(batch_positions, probabilities, strict=True):
             stitcher.add(position, tile_probabilities, weights.weight(position))
+        tiles_done += len(batch_tiles)
         batch_positions.clear()
         batch_tiles.clear()
+        if progress is not None:
+            progress(tiles_done, len(positions))
 
     tiles = _read_tiles(reader, grid, positions, tile_size=tile_size, model_mpp=model.mpp,
                         prefetch=config.prefetch_tiles)

@@ -89,6 +89,11 @@ def resolve_under_root(root: Path, requested: str) -> Path:
             f"slide path {requested!r} resolves outside the data root; give a path inside the data root"
         )
     if not resolved.is_file():
+        if not resolved_root.is_dir():
+            raise NotFoundError(
+                f"slide {requested!r} not found because the server's data root is missing; "
+                "ask the operator to mount it or to fix the data_root setting"
+            )
         raise NotFoundError(f"slide {requested!r} not found under the data root")
     return resolved
 
@@ -200,7 +205,8 @@ def decode_tile(data: bytes, declared: str, *, max_side: int) -> np.ndarray:
     Raises:
         UnsupportedMediaTypeError: If the bytes are not of the declared type.
         RequestError: If the image cannot be decoded.
-        UnprocessableError: If a side exceeds ``max_side`` or the pixels are not 8-bit.
+        UnprocessableError: If a side exceeds ``max_side``, the image exceeds
+            Pillow's decompression-bomb limit, or the pixels are not 8-bit.
     """
     check_magic(data, declared)
     if declared == "image/tiff":
@@ -212,7 +218,14 @@ def decode_tile(data: bytes, declared: str, *, max_side: int) -> np.ndarray:
             if image.mode in ("I;16", "I;16B", "I", "F"):
                 raise UnprocessableError(f"expected 8-bit pixels, got Pillow mode {image.mode}; send 8-bit RGB")
             return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        # Pillow raises this in Image.open, before the size is known to the caller,
+        # for images of more than 2 x Image.MAX_IMAGE_PIXELS pixels.
+        raise UnprocessableError(
+            f"the image is larger than the limit of {max_side} pixels per side (max_tile_side setting); "
+            f"Pillow rejected it unread ({error}). Send a smaller tile or score the image as a slide."
+        ) from error
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise RequestError(f"the {declared} body cannot be decoded ({error}); send a complete image file") from error
 
 
@@ -240,6 +253,6 @@ def _check_side(size: tuple[int, int], max_side: int) -> None:
     width, height = size
     if width > max_side or height > max_side:
         raise UnprocessableError(
-            f"the image is {width}x{height} pixels; the limit is {max_side} pixels per side. "
-            "Send a smaller tile or score the image as a slide."
+            f"the image is {width}x{height} pixels, larger than the limit of {max_side} pixels per side "
+            "(max_tile_side setting). Send a smaller tile or score the image as a slide."
         )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import ray
 
+import jobs.score_slides as score_slides_module
 from jobs.score_slides import main as score_slides_main
 from jobs.serve_app import main as serve_app_main
 from tests.serve.conftest import CMU_SLIDE
@@ -37,7 +37,15 @@ def test_score_slides_rejects_uri_slides_dir(tmp_path, monkeypatch, caplog):
     assert not (tmp_path / "out").exists()
 
 
-def test_score_slides_rejects_empty_folder(tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def ray_starts(monkeypatch):
+    """Record each call of the score_slides job's ``init_ray``; the Ray fixture of other tests may already run."""
+    calls = []
+    monkeypatch.setattr(score_slides_module, "init_ray", lambda *args, **kwargs: calls.append(args))
+    return calls
+
+
+def test_score_slides_rejects_empty_folder(tmp_path, monkeypatch, caplog, ray_starts):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.yaml").write_text("model:\n  checkpoint: model.pt\n")
     (tmp_path / "empty").mkdir()
@@ -46,10 +54,10 @@ def test_score_slides_rejects_empty_folder(tmp_path, monkeypatch, caplog):
     assert f"no slides found in {(tmp_path / 'empty').resolve()} (looked for .bif," in caplog.text
     assert "Traceback" not in caplog.text
     assert not (tmp_path / "out").exists()
-    assert not ray.is_initialized()
+    assert ray_starts == []
 
 
-def test_score_slides_rejects_bad_manifest_rows(tmp_path, monkeypatch, caplog):
+def test_score_slides_rejects_bad_manifest_rows(tmp_path, monkeypatch, caplog, ray_starts):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.yaml").write_text("model:\n  checkpoint: model.pt\n")
     (tmp_path / "slides.csv").write_text(f"path,slide_id,mpp\n{CMU_SLIDE},cmu,\n../slides/good.svs,g1,abc\n")
@@ -58,4 +66,4 @@ def test_score_slides_rejects_bad_manifest_rows(tmp_path, monkeypatch, caplog):
     assert "has 1 invalid row(s)" in caplog.text
     assert "line 3: slide ../slides/good.svs: mpp 'abc' is not a positive number" in caplog.text
     assert not (tmp_path / "out").exists()
-    assert not ray.is_initialized()
+    assert ray_starts == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import socket
 import time
@@ -15,21 +16,33 @@ import httpx
 import numpy as np
 import openslide
 import pytest
+import tifffile
 from PIL import Image
 from ray import serve
 
+from cancerseg_ray.errors import ConfigError
 from cancerseg_ray.serve.app import build_app
 from cancerseg_ray.serve.config import ModelSource, ScoringConfig, ServeConfig
 from cancerseg_ray.serve.inference import segment_image
+from cancerseg_ray.serve.jobs import UPLOAD_FOLDER, JobState, JobStore
 from cancerseg_ray.train.checkpoint import file_digest
-from tests.serve.conftest import CMU_SLIDE, MODEL_MPP, TILE_SIZE
+from tests.serve.conftest import CMU_SLIDE, MODEL_MPP, TCGA_SLIDE, TILE_SIZE
+from tests.serve.test_serve_security import png_without_pixels
 
 pytestmark = pytest.mark.ray
 
 MAX_TILE_BYTES = 512 * 1024
 MAX_TILE_SIDE = 512
 MAX_SLIDE_BYTES = 3 * 1024 * 1024
+# Above the CMU slide's 277 x 371 grid, below the 1024 x 1024 grid of coarse.tif.
+MAX_GRID_PIXELS = 1_000_000
 JOB_DEADLINE_S = 300
+# A 512-pixel image tagged with 84.67 µm/px, as a TIFF writer with a wrong resolution unit may store it:
+# at the model's 4 µm/px it would be enlarged about 21 times onto a 10838 x 10838 grid.
+BOGUS_MPP = 84.67
+BOGUS_GRID_SIDE = 10838
+# Enlarged 2 times, within max_slide_upsampling, onto a 1024 x 1024 grid over MAX_GRID_PIXELS.
+COARSE_MPP = 8.0
 
 
 @dataclass
@@ -37,12 +50,37 @@ class Server:
     client: httpx.Client
     root: Path
     config: ServeConfig
+    interrupted_jobs: dict[str, str]
+    finished_job: str
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def write_tagged_tiff(path: Path, mpp: float, side: int = 512) -> None:
+    """Write a plain RGB TIFF of a pink square on white whose resolution tags claim ``mpp`` µm/px."""
+    image = np.full((side, side, 3), 240, dtype=np.uint8)
+    image[side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = (200, 90, 160)
+    tifffile.imwrite(path, image, photometric="rgb", resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+
+
+def seed_interrupted_jobs(output_root: Path) -> tuple[dict[str, str], str]:
+    """Leave jobs on disk as a server that stopped mid-job does; returns ({job id: state}, finished job id)."""
+    store = JobStore(output_root)
+    interrupted = {}
+    for state in (JobState.QUEUED, JobState.RUNNING):
+        status = store.new_job("left.svs")
+        upload = store.folder(status.job_id) / UPLOAD_FOLDER / "left.svs"
+        upload.parent.mkdir()
+        upload.write_bytes(b"II*\x00" + b"0" * 64)
+        store.update(status, state=state)
+        interrupted[status.job_id] = state.value
+    finished = store.new_job("done.svs")
+    store.update(finished, state=JobState.FAILED, error="an earlier failure")
+    return interrupted, finished.job_id
 
 
 def png(image: np.ndarray) -> bytes:
@@ -59,14 +97,20 @@ def server(ray_start_4_cpus, tmp_path_factory, best_file):
     outside = tmp_path_factory.mktemp("outside")
     shutil.copy(CMU_SLIDE, outside / "secret.svs")
     (root / "link.svs").symlink_to(outside / "secret.svs")
+    write_tagged_tiff(root / "bogus.tif", BOGUS_MPP)
+    write_tagged_tiff(root / "coarse.tif", COARSE_MPP)
+    shutil.copy(TCGA_SLIDE, root / "no_resolution.svs")
 
+    output_root = tmp_path_factory.mktemp("serve_output")
+    interrupted, finished = seed_interrupted_jobs(output_root)
     config = ServeConfig(
         model=ModelSource(best_file=best_file, device="cpu"),
         data_root=root,
-        output_root=tmp_path_factory.mktemp("serve_output"),
+        output_root=output_root,
         max_tile_upload_bytes=MAX_TILE_BYTES,
         max_tile_side=MAX_TILE_SIDE,
         max_slide_upload_bytes=MAX_SLIDE_BYTES,
+        max_slide_grid_pixels=MAX_GRID_PIXELS,
         ingress_num_cpus=0.5,
         num_cpus_per_replica=1,
         scoring=ScoringConfig(simplify_tolerance_px=0.0),
@@ -75,8 +119,12 @@ def server(ray_start_4_cpus, tmp_path_factory, best_file):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name="cancerseg-test", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-        yield Server(client=client, root=root, config=config)
+        yield Server(client=client, root=root, config=config, interrupted_jobs=interrupted, finished_job=finished)
     serve.shutdown()
+
+
+def job_folders(server: Server) -> set[str]:
+    return {path.name for path in (server.config.output_root / "jobs").iterdir()}
 
 
 def wait_for_job(client: httpx.Client, job_id: str) -> dict:
@@ -152,6 +200,9 @@ def bad_requests(server: Server) -> list[tuple[str, httpx.Response, int, str]]:
                                       headers={"Content-Type": "image/png"}), 415, "not image/png"),
         ("undecodable image", client.post("/v1/tiles/segment", content=b"\x89PNG\r\n\x1a\n" + b"garbage" * 10,
                                           headers={"Content-Type": "image/png"}), 400, "cannot be decoded"),
+        ("decompression bomb", client.post("/v1/tiles/segment", content=png_without_pixels(30000, 30000),
+                                           headers={"Content-Type": "image/png"}), 422,
+         f"limit of {MAX_TILE_SIDE} pixels per side (max_tile_side"),
         ("too large dimensions", client.post("/v1/tiles/segment", content=png(np.zeros((600, 16, 3), np.uint8)),
                                              headers={"Content-Type": "image/png"}), 422, "16x600"),
         ("empty body", client.post("/v1/tiles/segment", content=b"", headers={"Content-Type": "image/png"}), 400,
@@ -171,12 +222,122 @@ def bad_requests(server: Server) -> list[tuple[str, httpx.Response, int, str]]:
 
 
 def test_bad_requests_get_4xx_and_server_keeps_serving(server, cmu_tile):
+    folders_before = job_folders(server)
     for case, response, status, fragment in bad_requests(server):
         assert response.status_code == status, f"{case}: {response.status_code} {response.text}"
         assert fragment in response.json()["detail"], f"{case}: {response.text}"
         assert server.client.get("/v1/health").status_code == 200, f"server down after {case}"
     response = server.client.post("/v1/tiles/segment", content=png(cmu_tile), headers={"Content-Type": "image/png"})
     assert response.status_code == 200
+    assert job_folders(server) == folders_before, "a rejected request left a job folder"
+
+
+def validation_requests(client: httpx.Client) -> list[tuple[str, httpx.Response, list[str]]]:
+    tile = {"content": png(np.zeros((32, 32, 3), np.uint8)), "headers": {"Content-Type": "image/png"}}
+    return [
+        ("malformed JSON", client.post("/v1/slides/score", content=b'{"path": ',
+                                       headers={"Content-Type": "application/json"}), ["not valid JSON"]),
+        ("missing body", client.post("/v1/slides/score", headers={"Content-Type": "application/json"}),
+         ["body is missing"]),
+        ("missing path", client.post("/v1/slides/score", json={"mpp_override": 0.5}), ["body.path", "Field required"]),
+        ("wrong path type", client.post("/v1/slides/score", json={"path": 3}), ["body.path", "valid string", "got 3"]),
+        ("wrong override type", client.post("/v1/slides/score", json={"path": "cmu.svs", "mpp_override": "fine"}),
+         ["body.mpp_override", "'fine'"]),
+        ("zero override", client.post("/v1/slides/score", json={"path": "cmu.svs", "mpp_override": 0}),
+         ["body.mpp_override", "greater than 0"]),
+        ("unknown field", client.post("/v1/slides/score", json={"path": "cmu.svs", "mpp": 0.5}),
+         ["body.mpp: unknown field", "path, mpp_override"]),
+        ("zero tile mpp", client.post("/v1/tiles/segment", params={"mpp": 0}, **tile),
+         ["query.mpp", "greater than 0", "got '0'"]),
+        ("non-boolean probabilities", client.post("/v1/tiles/segment", params={"probabilities": "maybe"}, **tile),
+         ["query.probabilities", "valid boolean", "'maybe'"]),
+        ("upload without file name", client.post("/v1/slides/upload", content=b"II*\x00",
+                                                 headers={"Content-Type": "image/tiff"}),
+         ["query.filename", "Field required"]),
+    ]
+
+
+def test_validation_errors_are_readable_strings(server):
+    folders_before = job_folders(server)
+    for case, response, fragments in validation_requests(server.client):
+        assert response.status_code == 422, f"{case}: {response.status_code} {response.text}"
+        detail = response.json()["detail"]
+        assert isinstance(detail, str), f"{case}: {response.text}"
+        for fragment in fragments:
+            assert fragment in detail, f"{case}: {fragment!r} not in {detail!r}"
+        assert detail.endswith("described at /docs."), f"{case}: {detail}"
+    assert job_folders(server) == folders_before, "a rejected request left a job folder"
+
+
+def test_implausible_resolution_rejected_before_job(server):
+    folders_before = job_folders(server)
+    response = server.client.post("/v1/slides/score", json={"path": "bogus.tif"})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "slide bogus.tif at 84.67 µm/px (from its metadata)" in detail
+    assert f"model's {MODEL_MPP:g} µm/px" in detail
+    assert f"{BOGUS_GRID_SIDE} x {BOGUS_GRID_SIDE} pixel grid" in detail
+    assert "21.2 times" in detail
+    assert "max_slide_upsampling" in detail
+    assert "mpp_override field of the request body" in detail
+
+    upload = server.client.post("/v1/slides/upload", params={"filename": "bogus.tif"},
+                                content=(server.root / "bogus.tif").read_bytes(),
+                                headers={"Content-Type": "image/tiff"})
+    assert upload.status_code == 422, upload.text
+    assert "max_slide_upsampling" in upload.json()["detail"]
+    assert "mpp_override query parameter" in upload.json()["detail"]
+    assert job_folders(server) == folders_before
+
+
+def test_grid_pixel_limit_rejects_slide(server):
+    response = server.client.post("/v1/slides/score", json={"path": "coarse.tif"})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "1024 x 1024 pixel grid of 1,048,576 pixels" in detail
+    assert f"limit is {MAX_GRID_PIXELS:,} pixels (max_slide_grid_pixels setting)" in detail
+    assert "mpp_override" in detail
+
+
+def test_mpp_override_fixes_bogus_resolution(server):
+    """At 0.5 µm/px the 512-pixel image shrinks onto a 64 x 64 grid: one tile, reported as progress."""
+    response = server.client.post("/v1/slides/score", json={"path": "bogus.tif", "mpp_override": 0.5})
+    assert response.status_code == 202, response.text
+    status = wait_for_job(server.client, response.json()["job_id"])
+    assert status["state"] == "succeeded", status
+    assert (status["result"]["grid_width"], status["result"]["grid_height"]) == (64, 64)
+    assert status["result"]["tiles_scored"] == 1
+    assert status["tiles_total"] == 1
+    assert status["tiles_done"] == status["tiles_total"]
+
+
+def test_missing_resolution_points_at_request_field(server):
+    response = server.client.post("/v1/slides/score", json={"path": "no_resolution.svs"})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "no_resolution.svs" in detail
+    assert "as the mpp_override field of the request body" in detail
+    assert "open_slide" not in detail
+    assert "--mpp" not in detail
+
+
+def test_interrupted_jobs_failed_at_startup(server):
+    for job_id, state in server.interrupted_jobs.items():
+        status = server.client.get(f"/v1/jobs/{job_id}").json()
+        assert status["state"] == "failed", f"{state} job: {status}"
+        assert "server stopped before the job finished" in status["error"]
+        assert "submit the slide again" in status["error"]
+        assert not (server.config.output_root / "jobs" / job_id / UPLOAD_FOLDER).exists(), f"{state} job upload"
+    finished = server.client.get(f"/v1/jobs/{server.finished_job}").json()
+    assert finished["error"] == "an earlier failure"
+
+
+def test_missing_data_root_fails_build(tmp_path, best_file):
+    missing = tmp_path / "nowhere" / "data"
+    config = ServeConfig(model=ModelSource(best_file=best_file, device="cpu"), data_root=missing,
+                         output_root=tmp_path / "output")
+    with pytest.raises(ConfigError, match=re.escape(f"data_root {missing} is not an existing folder")):
+        build_app(config)
 
 
 def check_finished_job(server: Server, status: dict) -> None:

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import struct
+import time
+import zlib
 
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
-from cancerseg_ray.serve.jobs import JobState, JobStore
+from cancerseg_ray.serve.jobs import (
+    INTERRUPTED_ERROR,
+    STALE_JOB_S,
+    STATUS_FILE,
+    UPLOAD_FOLDER,
+    JobState,
+    JobStore,
+)
 from cancerseg_ray.serve.security import (
     NotFoundError,
     PathOutsideRootError,
@@ -34,6 +45,16 @@ def encode(image: np.ndarray, kind: str) -> bytes:
     else:
         Image.fromarray(image).save(buffer, format=kind)
     return buffer.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_without_pixels(width: int, height: int) -> bytes:
+    """Return a PNG that declares an 8-bit RGB image of the given size and has an empty IDAT chunk."""
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", b"") + png_chunk(b"IEND", b"")
 
 
 def test_path_inside_root_resolves(data_root):
@@ -64,6 +85,11 @@ def test_symlink_out_of_root_rejected(data_root, tmp_path):
 def test_symlink_inside_root_allowed(data_root):
     (data_root / "alias.svs").symlink_to(data_root / "cmu.svs")
     assert resolve_under_root(data_root, "alias.svs") == (data_root / "cmu.svs").resolve()
+
+
+def test_missing_data_root_named_in_not_found(tmp_path):
+    with pytest.raises(NotFoundError, match="data root is missing"):
+        resolve_under_root(tmp_path / "nowhere", "cmu.svs")
 
 
 def test_missing_slide_not_found(data_root):
@@ -105,6 +131,16 @@ def test_decode_rejects_large_dimensions_before_decoding(cmu_tile):
     for kind, declared in (("PNG", "image/png"), ("TIFF", "image/tiff")):
         with pytest.raises(UnprocessableError, match="20x600"):
             decode_tile(encode(large, kind), declared, max_side=512)
+
+
+def test_decode_rejects_decompression_bomb():
+    """A PNG header declaring 30000 x 30000 pixels is rejected as too large, before any pixel is read.
+
+    Pillow's own limit or the side check rejects it, depending on whether
+    ``cancerseg_ray.io.images`` (which raises Pillow's limit) was imported first.
+    """
+    with pytest.raises(UnprocessableError, match=r"limit of 512 pixels per side \(max_tile_side setting\)"):
+        decode_tile(png_without_pixels(30000, 30000), "image/png", max_side=512)
 
 
 def test_decode_rejects_16_bit_tiff():
@@ -158,3 +194,59 @@ def test_job_store_lifecycle(tmp_path):
         store.get("0" * 32)
     with pytest.raises(NotFoundError, match="32 hexadecimal"):
         store.get("../../etc")
+
+
+def age_status_file(store: JobStore, job_id: str, seconds: float) -> None:
+    path = store.folder(job_id) / STATUS_FILE
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_fail_interrupted_spares_live_jobs(tmp_path):
+    """Only unfinished jobs of other stores whose status file went stale are failed, and their uploads deleted."""
+    previous = JobStore(tmp_path)
+    stale = previous.update(previous.new_job("stale.svs"), state=JobState.RUNNING)
+    upload = previous.folder(stale.job_id) / UPLOAD_FOLDER / "stale.svs"
+    upload.parent.mkdir()
+    upload.write_bytes(b"II*\x00")
+    fresh = previous.new_job("fresh.svs")
+    finished = previous.update(previous.new_job("done.svs"), state=JobState.SUCCEEDED)
+    for job_id in (stale.job_id, finished.job_id):
+        age_status_file(previous, job_id, 2 * STALE_JOB_S)
+
+    current = JobStore(tmp_path)
+    own = current.new_job("own.svs")
+    age_status_file(current, own.job_id, 2 * STALE_JOB_S)
+    assert current.fail_interrupted(older_than_s=STALE_JOB_S) == [stale.job_id]
+    failed = current.get(stale.job_id)
+    assert failed.state is JobState.FAILED
+    assert failed.error == INTERRUPTED_ERROR
+    assert not upload.parent.exists()
+    assert current.get(fresh.job_id).state is JobState.QUEUED
+    assert current.get(finished.job_id).state is JobState.SUCCEEDED
+    assert current.get(own.job_id).state is JobState.QUEUED
+
+
+def test_fail_interrupted_at_zero_age_fails_all_unfinished(tmp_path):
+    previous = JobStore(tmp_path)
+    queued = previous.new_job("queued.svs")
+    running = previous.update(previous.new_job("running.svs"), state=JobState.RUNNING)
+    assert sorted(JobStore(tmp_path).fail_interrupted(older_than_s=0.0)) == sorted([queued.job_id, running.job_id])
+
+
+def test_heartbeat_keeps_own_jobs_fresh(tmp_path):
+    store = JobStore(tmp_path)
+    status = store.new_job("cmu.svs")
+    age_status_file(store, status.job_id, 2 * STALE_JOB_S)
+    store.heartbeat()
+    assert JobStore(tmp_path).fail_interrupted(older_than_s=STALE_JOB_S) == []
+    assert store.get(status.job_id).state is JobState.QUEUED
+
+
+def test_job_store_delete_removes_folder(tmp_path):
+    store = JobStore(tmp_path)
+    status = store.new_job("cmu.svs")
+    store.delete(status.job_id)
+    assert not store.folder(status.job_id).exists()
+    with pytest.raises(NotFoundError, match="unknown job id"):
+        store.get(status.job_id)
