@@ -71,11 +71,12 @@ WHOLE_SLIDE_SUFFIXES = frozenset(
 )
 """Suffixes of whole-slide formats; ``open_slide`` reports such a file when OpenSlide rejects it."""
 
-_MPP_HINT = (
+MPP_HINT = (
     "Pass the resolution in micrometres per pixel: the mpp_override argument of "
     "open_slide/SlideReader/ImageReader, the --mpp option of the ingest job, or the "
     "slide's mpp column in the manifest."
 )
+"""The advice that ends a missing-resolution error; the Serve app replaces it with its request field."""
 # Plausible microscopy resolutions. TIFF writers that know nothing about
 # microscopy store 72 or 96 dots per inch (about 350 or 265 µm/px), which must
 # not be mistaken for a scan resolution.
@@ -211,7 +212,7 @@ def _resolve_mpp(
 
     if metadata_mpp is None:
         raise MissingResolutionError(
-            f"{path}: no resolution metadata ({missing_detail}). {_MPP_HINT}"
+            f"{path}: no resolution metadata ({missing_detail}). {MPP_HINT}"
         )
 
     mpp_x, mpp_y = metadata_mpp

@@ -38,7 +38,7 @@ from starlette.requests import ClientDisconnect
 
 from cancerseg_ray import storage
 from cancerseg_ray.errors import CancerSegError, ConfigError
-from cancerseg_ray.io.slides import _MPP_HINT, MissingResolutionError, open_slide
+from cancerseg_ray.io.slides import MPP_HINT, MissingResolutionError, open_slide
 from cancerseg_ray.serve.config import ServeConfig
 from cancerseg_ray.serve.inference import score_slide, segment_image
 from cancerseg_ray.serve.jobs import (
@@ -452,7 +452,7 @@ class SegmentationAPI:
                 grid = SlideGrid.from_bounds(reader.bounds, slide_mpp=slide_mpp, model_mpp=self.info.mpp)
         except MissingResolutionError as error:
             detail = str(error).replace(str(path), display_name)
-            detail = detail.replace(_MPP_HINT, f"Send its level-0 resolution in µm/px as {override_hint}.")
+            detail = detail.replace(MPP_HINT, f"Send its level-0 resolution in µm/px as {override_hint}.")
             raise UnprocessableError(detail) from error
         except CancerSegError as error:
             raise UnprocessableError(str(error).replace(str(path), display_name)) from error
