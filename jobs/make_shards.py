@@ -33,11 +33,16 @@ logger = logging.getLogger("make_shards")
 
 
 def _has_source(path: Path) -> bool:
+    """Tell whether a config is a source config rather than a folder config (``images_dir`` at the top level).
+
+    A config without ``images_dir`` counts as a source config, so a misspelled
+    ``source:`` is reported as such instead of as a folder config's missing fields.
+    """
     try:
         data = yaml.safe_load(path.read_text()) if path.is_file() else None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
-    return isinstance(data, dict) and "source" in data
+    return isinstance(data, dict) and ("source" in data or "images_dir" not in data)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,9 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_yaml_config(args.config, ServeConfig, data_root=args.data_root, output_root=args.output_root,
                                   model_replicas=args.replicas, num_gpus_per_replica=args.gpus_per_replica)
+        # The data root and the model are checked here, before Ray and the HTTP proxy start.
+        application = build_app(config)
         init_ray(args.address)
         serve.start(http_options={"host": args.host, "port": args.port})
-        application = build_app(config)
         logger.info("starting the endpoint at http://%s:%d (API description at /docs)", args.host, args.port)
         serve.run(application, name="cancerseg", route_prefix="/", blocking=True)
     except CancerSegError as error:

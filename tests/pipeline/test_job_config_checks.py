@@ -152,6 +152,18 @@ def test_ingest_job_rejects_missing_inputs_before_ray(workspace):
     assert not (workspace / "shards_out").exists()
 
 
+def test_ingest_job_names_misspelled_source(workspace):
+    config = yaml.safe_load((REPO_ROOT / "configs" / "ingest" / "slides.yaml").read_text())
+    config["sorce"] = config.pop("source")
+
+    [result] = run_job_cases(INGEST_JOB, [["--config", write_yaml(workspace / "sorce.yaml", config)]], workspace)
+
+    assert result["status"] == 2
+    assert not result["ray_initialized"]
+    assert "- sorce: unknown field; did you mean 'source'?" in result["messages"][-1]
+    assert "images_dir" not in result["messages"][-1]
+
+
 @pytest.mark.parametrize("job", [TRAIN_JOB, EVALUATE_JOB], ids=["train_all", "evaluate"])
 def test_log_level_accepts_only_listed_levels(job, capsys):
     main = runpy.run_path(str(job))["main"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import jobs.score_slides as score_slides_module
+import jobs.serve_app as serve_app_module
 from jobs.score_slides import main as score_slides_main
 from jobs.serve_app import main as serve_app_main
 from tests.serve.conftest import CMU_SLIDE
@@ -39,10 +40,22 @@ def test_score_slides_rejects_uri_slides_dir(tmp_path, monkeypatch, caplog):
 
 @pytest.fixture
 def ray_starts(monkeypatch):
-    """Record each call of the score_slides job's ``init_ray``; the Ray fixture of other tests may already run."""
+    """Record each call of the jobs' ``init_ray``; the Ray fixture of other tests may already run."""
     calls = []
-    monkeypatch.setattr(score_slides_module, "init_ray", lambda *args, **kwargs: calls.append(args))
+    for module in (score_slides_module, serve_app_module):
+        monkeypatch.setattr(module, "init_ray", lambda *args, **kwargs: calls.append(args))
     return calls
+
+
+def test_serve_app_rejects_missing_data_root_before_ray(tmp_path, monkeypatch, caplog, ray_starts):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("model:\n  checkpoint: model.pt\n")
+
+    code = serve_app_main(["--config", "config.yaml", "--data-root", "nowhere/data", "--output-root", "out"])
+
+    assert code == 2
+    assert f"data_root {tmp_path / 'nowhere' / 'data'} is not an existing folder" in caplog.text
+    assert ray_starts == []
 
 
 def test_score_slides_rejects_empty_folder(tmp_path, monkeypatch, caplog, ray_starts):
