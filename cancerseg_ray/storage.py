@@ -18,6 +18,7 @@ pyarrow 26 also reads the endpoint from ``AWS_ENDPOINT_URL``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -385,10 +386,20 @@ def make_temporary_file(folder: str | Path | None, *, prefix: str, suffix: str =
     less the process's umask, as ``open`` would give it.
     """
     handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    os.fchmod(handle, 0o666 & ~_process_umask())
+    return handle, name
+
+
+@functools.cache
+def _process_umask() -> int:
+    """Return the process's umask, read once.
+
+    Reading it means setting it and setting it back. Doing that once, at the
+    first write, keeps threads that create files later from seeing umask 0.
+    """
     umask = os.umask(0)
     os.umask(umask)
-    os.fchmod(handle, 0o666 & ~umask)
-    return handle, name
+    return umask
 
 
 def delete_folder(location: Location, *, filesystem: pafs.FileSystem | None = None) -> None:

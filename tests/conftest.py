@@ -69,7 +69,7 @@ def ingest_tiny_glas(root: Path, *, stride: int = 128) -> Path:
     """Ingest six GlaS images at 2.48 um/px into 128-pixel tiles under ``root``; return the shard folder.
 
     Each image becomes 194 x 130 pixels, so a stride of 128 gives 4 tiles per
-    image; the split is drawn per image with seed 0 (fractions 0.5, 0.25, 0.25).
+    image. The split is drawn per image with seed 0 and fractions 0.5, 0.25 and 0.25.
     """
     from cancerseg_ray.data.config import FolderIngestConfig
     from cancerseg_ray.data.ingest import run_folder_ingest

@@ -12,7 +12,7 @@ from cancerseg_ray import storage
 
 MIB = 1 << 20
 
-# What to do instead, per config field that takes local paths only.
+# Advice for each config field that takes local paths only, shown when it is given a URI.
 _LOCAL_ONLY_REASONS = {
     "slides_dir": "OpenSlide reads local files, so download the slides first or list their URIs in a manifest",
     "manifest": "download the manifest first; its path entries may be s3:// or gs:// URIs",

@@ -368,9 +368,11 @@ def test_messages_hide_credentials_in_uri():
 
 def test_atomic_writes_get_ordinary_file_mode(tmp_path):
     previous = os.umask(0o022)
+    storage._process_umask.cache_clear()
     try:
         write_json_atomic(tmp_path / "run.json", {"seed": 0})
     finally:
         os.umask(previous)
+        storage._process_umask.cache_clear()
 
     assert stat.S_IMODE((tmp_path / "run.json").stat().st_mode) == 0o644

@@ -56,6 +56,14 @@ def run_job_cases(job, cases, cwd):
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def assert_rejected_before_ray(results, expected):
+    """Check that each case exited with status 2, without starting Ray, and logged its expected message."""
+    for result, message in zip(results, expected, strict=True):
+        assert result["status"] == 2, result
+        assert not result["ray_initialized"], message
+        assert any(message in line for line in result["messages"]), (message, result["messages"])
+
+
 def write_yaml(path, data):
     path.write_text(yaml.safe_dump(data))
     return path.name
@@ -93,10 +101,7 @@ def test_train_job_rejects_bad_configs_before_ray(workspace):
 
     results = run_job_cases(TRAIN_JOB, cases, workspace)
 
-    for result, message in zip(results, expected, strict=True):
-        assert result["status"] == 2, result
-        assert not result["ray_initialized"], message
-        assert any(message in line for line in result["messages"]), (message, result["messages"])
+    assert_rejected_before_ray(results, expected)
     assert not (workspace / "out").exists()
 
 
@@ -117,10 +122,7 @@ def test_evaluate_job_rejects_bad_configs_before_ray(workspace):
 
     results = run_job_cases(EVALUATE_JOB, cases, workspace)
 
-    for result, message in zip(results, expected, strict=True):
-        assert result["status"] == 2, result
-        assert not result["ray_initialized"], message
-        assert any(message in line for line in result["messages"]), (message, result["messages"])
+    assert_rejected_before_ray(results, expected)
     assert not (workspace / "report").exists()
 
 
@@ -145,10 +147,7 @@ def test_ingest_job_rejects_missing_inputs_before_ray(workspace):
 
     results = run_job_cases(INGEST_JOB, cases, workspace)
 
-    for result, message in zip(results, expected, strict=True):
-        assert result["status"] == 2, result
-        assert not result["ray_initialized"], message
-        assert any(message in line for line in result["messages"]), (message, result["messages"])
+    assert_rejected_before_ray(results, expected)
     assert not (workspace / "shards_out").exists()
 
 
